@@ -1,0 +1,244 @@
+//! The one catalog of reason codes that `wsgate serve` sends and `wsgate doctor` reports.
+//!
+//! Every refusal the server can produce is a [`Reason`]. Its stable code, HTTP status, one-line
+//! meaning and the fixes for operator and client all come from one table below, so the server's
+//! responses, the doctor's diagnosis and `docs/refusals.md` can never disagree.
+
+/// Response header that carries the reason code of a refusal (omitted at `explain = "none"`).
+pub const REASON_HEADER: &str = "wsgate-reason";
+/// Response header that carries the request id, the key to find the refusal's log line.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// One catalog entry; kept private so the table is the only way entries come to exist.
+struct Entry {
+    code: &'static str,
+    status: u16,
+    message: &'static str,
+    operator_fix: &'static str,
+    client_fix: &'static str,
+}
+
+macro_rules! catalog {
+    ($( $(#[$doc:meta])* $variant:ident => {
+        code: $code:literal, status: $status:literal,
+        message: $message:literal, operator: $operator:literal, client: $client:literal $(,)?
+    } ),+ $(,)?) => {
+        /// Why a WebSocket handshake was refused: one variant per stable, documented code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl Reason {
+            /// Every reason, in catalog order (the order of `docs/refusals.md`).
+            pub const ALL: &'static [Reason] = &[ $( Reason::$variant, )+ ];
+
+            fn entry(self) -> &'static Entry {
+                match self {
+                    $( Reason::$variant => &Entry {
+                        code: $code, status: $status, message: $message,
+                        operator_fix: $operator, client_fix: $client,
+                    }, )+
+                }
+            }
+        }
+    };
+}
+
+catalog! {
+    /// Only `GET` can open a WebSocket (RFC 6455 §4.1).
+    HandshakeMethod => {
+        code: "handshake.method", status: 405,
+        message: "The opening handshake must be an HTTP GET request.",
+        operator: "Nothing to change on the server; the client is not speaking WebSocket.",
+        client: "Open the connection with a WebSocket client, which sends GET with `Upgrade: websocket`.",
+    },
+    /// The client asked for a WebSocket version other than 13.
+    HandshakeVersion => {
+        code: "handshake.version", status: 426,
+        message: "Sec-WebSocket-Version must be 13, the only version of RFC 6455.",
+        operator: "Nothing to change on the server; version 13 is the only standard version.",
+        client: "Use a WebSocket client that speaks RFC 6455 (version 13); the response's `Sec-WebSocket-Version` lists it.",
+    },
+    /// A plain HTTP request reached a path that only serves WebSockets.
+    HandshakeNotUpgrade => {
+        code: "handshake.not_upgrade", status: 426,
+        message: "This path serves WebSocket connections only; the request did not ask to upgrade.",
+        operator: "If a proxy sits in front of wsgate, make it forward `Upgrade` and `Connection` (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`).",
+        client: "Connect with a WebSocket client (ws:// or wss:// URL), not a plain HTTP client or browser tab.",
+    },
+    /// `Sec-WebSocket-Key` is missing or is not base64 of 16 bytes.
+    HandshakeBadKey => {
+        code: "handshake.bad_key", status: 400,
+        message: "Sec-WebSocket-Key must be the base64 encoding of exactly 16 random bytes.",
+        operator: "Nothing to change on the server; a proxy that rewrites headers could also cause this.",
+        client: "Send a fresh `Sec-WebSocket-Key` of 16 random bytes in base64 (24 characters ending in `==`); standard clients do this.",
+    },
+    /// A header that must appear once appeared several times.
+    HandshakeDuplicateHeader => {
+        code: "handshake.duplicate_header", status: 400,
+        message: "A security-relevant header (Origin, Sec-WebSocket-Key, Sec-WebSocket-Version, Host) appeared more than once.",
+        operator: "Check that no proxy in front of wsgate adds a second copy of the header.",
+        client: "Send each of Origin, Host, Sec-WebSocket-Key and Sec-WebSocket-Version exactly once.",
+    },
+    /// The request is malformed in a way the other codes do not name.
+    HandshakeBadRequest => {
+        code: "handshake.bad_request", status: 400,
+        message: "The opening handshake is malformed (HTTP/1.1 or later, a Host header, and `Connection: Upgrade` are required).",
+        operator: "If a proxy sits in front of wsgate, make it speak HTTP/1.1 upstream and forward `Connection: upgrade`.",
+        client: "Send an HTTP/1.1 GET with Host, `Upgrade: websocket`, `Connection: Upgrade`, Sec-WebSocket-Key and `Sec-WebSocket-Version: 13`.",
+    },
+    /// No route matches the request path.
+    RouteNotFound => {
+        code: "route.not_found", status: 404,
+        message: "No WebSocket route is configured for this path.",
+        operator: "Add a `[[route]]` whose `path` matches, or correct the path the client uses; `wsgate check` lists the routes.",
+        client: "Check the URL's path against the server's documented endpoints (a missing or extra slash counts).",
+    },
+    /// The client offered subprotocols and the route supports none of them, or requires one.
+    SubprotocolUnsupported => {
+        code: "subprotocol.unsupported", status: 400,
+        message: "None of the subprotocols the client offered (Sec-WebSocket-Protocol) is supported by this route.",
+        operator: "Add the client's subprotocol to the route's `subprotocols`, or set `subprotocol_required = false` if the route can work without one.",
+        client: "Offer one of the route's subprotocols (the refusal detail lists them), or none if the route allows it.",
+    },
+    /// The server is at its configured connection cap.
+    LimitConnections => {
+        code: "limit.connections", status: 503,
+        message: "The server is at its maximum number of open WebSocket connections.",
+        operator: "Raise `limits.max_connections` if the machine has room, or add instances behind a load balancer.",
+        client: "Retry after the delay in `Retry-After`, with backoff.",
+    },
+    /// The server is shutting down and accepts no new connections.
+    ServerDraining => {
+        code: "server.draining", status: 503,
+        message: "The server is shutting down and accepts no new connections.",
+        operator: "Expected during a restart or deploy; make the load balancer stop routing to an instance before it drains.",
+        client: "Reconnect after the delay in `Retry-After`; another instance will answer.",
+    },
+    /// The proxy route's upstream answered the handshake with something other than 101.
+    UpstreamRefused => {
+        code: "upstream.refused", status: 502,
+        message: "The upstream WebSocket server refused the handshake that wsgate forwarded.",
+        operator: "Look at the upstream status in wsgate's log line for this request id; check the upstream's own policy (origin, auth) and the headers in the route's `forward_headers`.",
+        client: "Nothing to change on the client if it was admitted by wsgate; report the request id to the operator.",
+    },
+    /// The proxy route's upstream could not be reached or did not complete the handshake in time.
+    UpstreamUnreachable => {
+        code: "upstream.unreachable", status: 502,
+        message: "The upstream WebSocket server could not be reached, or did not answer in time.",
+        operator: "Check that the route's `upstream` URL is right and that the server is running; the log line for this request id names the error.",
+        client: "Retry later; report the request id to the operator if it persists.",
+    },
+}
+
+impl Reason {
+    /// The stable dotted code, e.g. `origin.not_allowed`: what clients and dashboards match on.
+    pub fn code(self) -> &'static str {
+        self.entry().code
+    }
+    /// The HTTP status the server answers with for this reason.
+    pub fn status(self) -> u16 {
+        self.entry().status
+    }
+    /// One sentence saying what went wrong, for people who never read RFC 6455.
+    pub fn message(self) -> &'static str {
+        self.entry().message
+    }
+    /// What the server's operator can change.
+    pub fn operator_fix(self) -> &'static str {
+        self.entry().operator_fix
+    }
+    /// What the client (or the person using it) can change.
+    pub fn client_fix(self) -> &'static str {
+        self.entry().client_fix
+    }
+    /// Looks a code up, e.g. from a `wsgate-reason` header the doctor received.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.code() == code)
+    }
+    /// Whether a client should be told when to retry (429 and 503 carry `Retry-After`).
+    pub fn is_retryable(self) -> bool {
+        matches!(self.status(), 429 | 503)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Renders the user documentation of every code; `docs/refusals.md` must equal this output.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Refusal reasons\n\n\
+         <!-- Generated by `wsgate reasons --markdown` from crates/wsgate-reasons; a test fails if this file drifts. -->\n\n\
+         Every refused WebSocket handshake carries one of these codes. `wsgate serve` sends it in the\n\
+         `wsgate-reason` response header together with a request id in `x-request-id` (unless the listener's\n\
+         `explain` level is `none`); at `explain = \"full\"` the body is JSON:\n\
+         `{\"code\", \"status\", \"message\", \"fix\", \"request_id\"}`. The server's log line for the refusal\n\
+         carries the same request id and the detail the client is not shown. `wsgate doctor` reports the same codes.\n\n\
+         | code | status | meaning |\n|---|---|---|\n",
+    );
+    for r in Reason::ALL {
+        out.push_str(&format!("| `{}` | {} | {} |\n", r.code(), r.status(), r.message()));
+    }
+    for r in Reason::ALL {
+        out.push_str(&format!(
+            "\n## `{}`\n\nStatus {}. {}\n\n- **Operator:** {}\n- **Client:** {}\n",
+            r.code(),
+            r.status(),
+            r.message(),
+            r.operator_fix(),
+            r.client_fix()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_dotted_and_round_trip() {
+        let mut seen = HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.code()), "duplicate code {}", r.code());
+            let (family, name) = r.code().split_once('.').expect("family.name");
+            assert!(!family.is_empty() && !name.is_empty());
+            assert!(r
+                .code()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
+            assert_eq!(Reason::from_code(r.code()), Some(*r));
+        }
+        assert_eq!(Reason::from_code("no.such"), None);
+    }
+
+    #[test]
+    fn statuses_are_refusals_and_texts_present() {
+        for r in Reason::ALL {
+            assert!(
+                [400, 401, 403, 404, 405, 426, 429, 502, 503].contains(&r.status()),
+                "{} has status {}",
+                r.code(),
+                r.status()
+            );
+            assert!(r.message().ends_with('.'), "{}", r.code());
+            assert!(!r.operator_fix().is_empty() && !r.client_fix().is_empty());
+        }
+    }
+
+    #[test]
+    fn docs_refusals_md_matches_the_catalog() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/refusals.md");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == markdown(),
+            "docs/refusals.md is out of date: run `cargo run -- reasons --markdown > docs/refusals.md`"
+        );
+    }
+}

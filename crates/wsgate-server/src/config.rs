@@ -1,0 +1,673 @@
+//! The TOML configuration: parsed strictly (unknown keys are errors) and validated before serving,
+//! so that a mistake is reported with its file, key path and the fix, never discovered at run time.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration `wsgate serve` uses when given none: loopback only, explained refusals.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A configuration mistake, located precisely enough to fix without reading our source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {}{message}", key_prefix(.key))]
+pub struct ConfigError {
+    /// The file the configuration came from (`<embedded default>` for the built-in one).
+    pub file: String,
+    /// The key path, e.g. `route[1].upstream`; empty for syntax errors, which carry a line instead.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+/// How much of a refusal the client is told; logs always carry everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Explain {
+    /// Bare status (plus the headers the protocol requires).
+    None,
+    /// Status, reason code and request id headers.
+    Code,
+    /// Also a JSON body with the message and the client's fix.
+    Full,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// What an admitted connection is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Sends every message back to its sender.
+    Echo,
+    /// Pub/sub: every member of a room (one room per matched path) gets what any member publishes.
+    Channel,
+    /// Relays frames to and from an upstream WebSocket server.
+    Proxy,
+}
+
+/// The whole file as written; see [`Config`] for the validated form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default, rename = "listener")]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    logging: RawLogging,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    explain: Option<Explain>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_address")]
+    address: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: default_admin_address(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_message_bytes: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    handshake_timeout: Option<String>,
+    ping_interval: Option<String>,
+    idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default)]
+    format: LogFormat,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: String,
+    kind: RouteKind,
+    #[serde(default)]
+    subprotocols: Vec<String>,
+    #[serde(default)]
+    subprotocol_required: bool,
+    deliver_to_sender: Option<bool>,
+    upstream: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    #[serde(default)]
+    forward_headers: Vec<String>,
+    connect_timeout: Option<String>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+/// A validated configuration: everything in it has been checked and has its default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from, for messages.
+    pub source: String,
+    /// Public listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// The metrics listener, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Log format and level.
+    pub logging: Logging,
+    /// Routes, matched in file order.
+    pub routes: Vec<Route>,
+}
+
+/// A public listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address to bind; port 0 asks the OS for one.
+    pub address: SocketAddr,
+    /// How much refusals explain; defaults to `full` on loopback and `code` elsewhere.
+    pub explain: Explain,
+    /// TLS termination, if configured.
+    pub tls: Option<Tls>,
+    /// Whether `explain` was written in the file (otherwise it follows the address).
+    pub explain_explicit: bool,
+}
+
+/// Certificate chain and key files for a TLS listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// The key path of this block, for error messages at load time.
+    pub key_path: String,
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open WebSocket connections across all listeners; beyond it: 503 `limit.connections`.
+    pub max_connections: usize,
+    /// Largest message after reassembly of fragments; beyond it: close 1009.
+    pub max_message_bytes: usize,
+    /// Largest single frame; beyond it: close 1009.
+    pub max_frame_bytes: usize,
+    /// Time a client has to send its complete request head (and finish TLS).
+    pub handshake_timeout: Duration,
+    /// How often the server pings an otherwise quiet connection.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) arrives for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for connections to finish their close handshake.
+    pub drain_timeout: Duration,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `wsgate=debug`.
+    pub level: String,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The pattern as written, e.g. `/ws/chat/{room}`.
+    pub path: String,
+    /// What admitted connections are connected to.
+    pub kind: RouteKind,
+    /// Subprotocols this route speaks, in the server's order.
+    pub subprotocols: Vec<String>,
+    /// Whether a client must choose one of `subprotocols`.
+    pub subprotocol_required: bool,
+    /// Channel routes: whether a publisher also receives its own messages.
+    pub deliver_to_sender: bool,
+    /// Proxy routes: where to relay to.
+    pub upstream: Option<Upstream>,
+    /// Proxy routes: request headers copied from the client to the upstream handshake.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+/// A proxy route's upstream WebSocket server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The URL as configured.
+    pub url: String,
+    /// `wss://` rather than `ws://`.
+    pub tls: bool,
+    /// Host name (for TLS SNI and the Host header) without brackets.
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// The `Host` header value.
+    pub authority: String,
+    /// Path and query for the request line.
+    pub path_and_query: String,
+    /// Extra CA certificates trusted for a `wss://` upstream (besides the public roots).
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed to connect and finish the upstream handshake.
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    /// Parses and validates configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: source.to_owned(),
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| err(String::new(), one_line(&e.to_string())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            err(key.replace("listener.", "listener").replace("route.", "route"), one_line(&e.into_inner().to_string()))
+        })?;
+        validate(raw, source)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: source.clone(),
+            key: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        let mut cfg = Config::parse(&text, &source)?;
+        // Relative TLS paths are relative to the configuration file, not the working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for l in &mut cfg.listeners {
+            if let Some(tls) = &mut l.tls {
+                tls.cert = base.join(&tls.cert);
+                tls.key = base.join(&tls.key);
+            }
+        }
+        for r in &mut cfg.routes {
+            if let Some(ca) = r.upstream.as_mut().and_then(|u| u.ca_file.as_mut()) {
+                *ca = base.join(&*ca);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Replaces the first listener's address (the `--listen` flag), keeping the rule that an
+    /// unset `explain` is `full` on loopback only.
+    pub fn override_first_listener(&mut self, address: SocketAddr) {
+        if let Some(l) = self.listeners.first_mut() {
+            l.address = address;
+            if !l.explain_explicit {
+                l.explain = default_explain(address);
+            }
+        }
+    }
+
+    /// The embedded development configuration.
+    pub fn embedded() -> Config {
+        match Config::parse(EMBEDDED_DEFAULT, "<embedded default>") {
+            Ok(c) => c,
+            // The embedded text is checked by a unit test; reaching this is a build defect.
+            Err(e) => panic!("embedded default configuration is invalid: {e}"),
+        }
+    }
+}
+
+/// toml errors span several lines with a source excerpt; one line reads better in a terminal.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
+    let err = |key: String, message: String| ConfigError {
+        file: source.to_owned(),
+        key,
+        message,
+    };
+    if raw.listeners.is_empty() {
+        return Err(err(
+            "listener".into(),
+            "no listener: add `[[listener]]` with `address = \"127.0.0.1:8080\"`".into(),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let address = parse_addr(&l.address).map_err(|m| err(format!("listener[{i}].address"), m))?;
+        let explain = l.explain.unwrap_or(default_explain(address));
+        let tls = l.tls.as_ref().map(|t| Tls {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            key_path: format!("listener[{i}].tls"),
+        });
+        listeners.push(Listener {
+            address,
+            explain,
+            tls,
+            explain_explicit: l.explain.is_some(),
+        });
+    }
+    let admin = if raw.admin.enabled {
+        Some(parse_addr(&raw.admin.address).map_err(|m| err("admin.address".into(), m))?)
+    } else {
+        None
+    };
+
+    let l = &raw.limits;
+    let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| err(format!("limits.{key}"), m)),
+        }
+    };
+    let limits = Limits {
+        max_connections: l.max_connections.unwrap_or(10_000),
+        max_message_bytes: l.max_message_bytes.unwrap_or(16 << 20),
+        max_frame_bytes: l.max_frame_bytes.unwrap_or(16 << 20),
+        handshake_timeout: dur("handshake_timeout", &l.handshake_timeout, Duration::from_secs(10))?,
+        ping_interval: dur("ping_interval", &l.ping_interval, Duration::from_secs(30))?,
+        idle_timeout: dur("idle_timeout", &l.idle_timeout, Duration::from_secs(90))?,
+        drain_timeout: dur("drain_timeout", &l.drain_timeout, Duration::from_secs(10))?,
+    };
+    for (key, v) in [
+        ("max_connections", limits.max_connections),
+        ("max_message_bytes", limits.max_message_bytes),
+        ("max_frame_bytes", limits.max_frame_bytes),
+    ] {
+        if v == 0 {
+            return Err(err(format!("limits.{key}"), "must be at least 1".into()));
+        }
+    }
+    if limits.ping_interval >= limits.idle_timeout {
+        return Err(err(
+            "limits.ping_interval".into(),
+            format!(
+                "must be shorter than limits.idle_timeout ({:?}), or live clients would be closed as idle",
+                limits.idle_timeout
+            ),
+        ));
+    }
+
+    let logging = Logging {
+        format: raw.logging.format,
+        level: raw.logging.level.clone().unwrap_or_else(|| "info".to_owned()),
+    };
+
+    if raw.routes.is_empty() {
+        return Err(err(
+            "route".into(),
+            "no route: add `[[route]]` with `path = \"/ws/echo\"` and `kind = \"echo\"`".into(),
+        ));
+    }
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        crate::routes::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
+        if routes.iter().any(|p: &Route| p.path == r.path) {
+            return Err(err(key("path"), format!("`{}` is already the path of an earlier route", r.path)));
+        }
+        for (j, p) in r.subprotocols.iter().enumerate() {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                return Err(err(
+                    format!("route[{i}].subprotocols[{j}]"),
+                    format!("{p:?} is not a valid subprotocol name (an HTTP token: letters, digits, `.-_` …)"),
+                ));
+            }
+        }
+        if r.subprotocol_required && r.subprotocols.is_empty() {
+            return Err(err(
+                key("subprotocol_required"),
+                "is true but `subprotocols` is empty: list the subprotocols the route speaks".into(),
+            ));
+        }
+        let is_proxy = r.kind == RouteKind::Proxy;
+        if !is_proxy {
+            for (k, set) in [
+                ("upstream", r.upstream.is_some()),
+                ("upstream_ca", r.upstream_ca.is_some()),
+                ("forward_headers", !r.forward_headers.is_empty()),
+                ("connect_timeout", r.connect_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(err(key(k), "only applies to routes with kind = \"proxy\"".into()));
+                }
+            }
+        }
+        if r.kind != RouteKind::Channel && r.deliver_to_sender.is_some() {
+            return Err(err(
+                key("deliver_to_sender"),
+                "only applies to routes with kind = \"channel\"".into(),
+            ));
+        }
+        let upstream = if is_proxy {
+            let url = r.upstream.as_deref().ok_or_else(|| {
+                err(
+                    key("upstream"),
+                    "a proxy route needs `upstream = \"ws://host:port/path\"`".into(),
+                )
+            })?;
+            let connect_timeout = match &r.connect_timeout {
+                None => Duration::from_secs(5),
+                Some(s) => parse_duration(s).map_err(|m| err(key("connect_timeout"), m))?,
+            };
+            Some(parse_upstream(url, r.upstream_ca.clone(), connect_timeout).map_err(|m| err(key("upstream"), m))?)
+        } else {
+            None
+        };
+        let mut forward_headers = Vec::new();
+        for (j, h) in r.forward_headers.iter().enumerate() {
+            let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                err(
+                    format!("route[{i}].forward_headers[{j}]"),
+                    format!("{h:?} is not a valid header name"),
+                )
+            })?;
+            const MANAGED: &[&str] = &[
+                "host",
+                "upgrade",
+                "connection",
+                "sec-websocket-key",
+                "sec-websocket-version",
+                "sec-websocket-accept",
+                "sec-websocket-extensions",
+                "sec-websocket-protocol",
+                "content-length",
+                "transfer-encoding",
+                "keep-alive",
+                "te",
+                "trailer",
+                "proxy-connection",
+            ];
+            if MANAGED.contains(&name.as_str()) {
+                return Err(err(
+                    format!("route[{i}].forward_headers[{j}]"),
+                    format!("`{name}` is set by wsgate itself for the upstream handshake and cannot be forwarded"),
+                ));
+            }
+            forward_headers.push(name);
+        }
+        routes.push(Route {
+            path: r.path,
+            kind: r.kind,
+            subprotocols: r.subprotocols,
+            subprotocol_required: r.subprotocol_required,
+            deliver_to_sender: r.deliver_to_sender.unwrap_or(true),
+            upstream,
+            forward_headers,
+        });
+    }
+    Ok(Config {
+        source: source.to_owned(),
+        listeners,
+        admin,
+        limits,
+        logging,
+        routes,
+    })
+}
+
+fn default_explain(address: SocketAddr) -> Explain {
+    if address.ip().is_loopback() {
+        Explain::Full
+    } else {
+        Explain::Code
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address with a port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\" (port 0 picks a free one)")
+    })
+}
+
+/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write a whole number and a unit, e.g. \"500ms\", \"10s\", \"5m\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "{s:?} has unit {other:?}; use ms, s, m or h, e.g. \"10s\""
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_upstream(url: &str, ca_file: Option<PathBuf>, connect_timeout: Duration) -> Result<Upstream, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL; expected ws://host:port/path or wss://host/path"))?;
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("{url:?} must start with ws:// or wss://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .clone();
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: credentials in the URL are not supported; use forward_headers"));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    if ca_file.is_some() && !tls {
+        return Err(format!("{url:?}: upstream_ca is set but the upstream is not wss://"));
+    }
+    Ok(Upstream {
+        url: url.to_owned(),
+        tls,
+        host,
+        port,
+        authority: authority.as_str().to_owned(),
+        path_and_query: uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned()),
+        ca_file,
+        connect_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    const MIN: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/ws\"\nkind = \"echo\"\n";
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listeners[0].explain, Explain::Full);
+        assert!(c.routes.iter().any(|r| r.kind == RouteKind::Channel));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(c.listeners[0].explain, Explain::Full);
+        let c = parse(&MIN.replace("127.0.0.1:0", "0.0.0.0:0")).unwrap();
+        assert_eq!(c.listeners[0].explain, Explain::Code, "non-loopback defaults to code");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = parse(&format!("{MIN}[limits]\nmax_conections = 3\n")).unwrap_err();
+        assert_eq!(e.key, "limits.max_conections");
+        assert!(e.message.contains("max_connections"), "the message lists the valid keys: {e}");
+        let e = parse(&MIN.replace("kind = \"echo\"", "kind = \"echo\"\ncolour = 1")).unwrap_err();
+        assert_eq!(e.key, "route[0].colour", "{e}");
+        assert!(e.to_string().starts_with("test.toml: `route[0].colour`: "), "{e}");
+    }
+
+    #[test]
+    fn wrong_values_name_their_path_and_the_fix() {
+        let e = parse(&MIN.replace("127.0.0.1:0", "localhost")).unwrap_err();
+        assert_eq!(e.key, "listener[0].address");
+        let e = parse(&MIN.replace("\"echo\"", "\"mirror\"")).unwrap_err();
+        assert_eq!(e.key, "route[0].kind", "{e}");
+        let e = parse(&format!("{MIN}[limits]\nidle_timeout = \"10 parsecs\"\n")).unwrap_err();
+        assert_eq!(e.key, "limits.idle_timeout");
+        let e = parse(&format!("{MIN}[limits]\nping_interval = \"2m\"\nidle_timeout = \"1m\"\n")).unwrap_err();
+        assert_eq!(e.key, "limits.ping_interval");
+        let e = parse(&MIN.replace("\"echo\"", "\"proxy\"")).unwrap_err();
+        assert_eq!(e.key, "route[0].upstream");
+        let e = parse(&MIN.replace("\"echo\"", "\"proxy\"\nupstream = \"http://x/\"")).unwrap_err();
+        assert!(e.message.contains("ws://"), "{e}");
+        let e = parse(&MIN.replace("\"echo\"", "\"echo\"\nupstream = \"ws://x/\"")).unwrap_err();
+        assert_eq!(e.key, "route[0].upstream");
+        let e = parse(&MIN.replace("/ws\"", "ws\"")).unwrap_err();
+        assert_eq!(e.key, "route[0].path");
+        let e = parse("[[listener]\n").unwrap_err();
+        assert!(e.key.is_empty() && e.message.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = parse_upstream("wss://[::1]/a?b=c", None, Duration::from_secs(1)).unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port, u.path_and_query.as_str()), ("::1", 443, "/a?b=c"));
+        let u = parse_upstream("ws://127.0.0.1:9000", None, Duration::from_secs(1)).unwrap();
+        assert_eq!((u.port, u.path_and_query.as_str(), u.authority.as_str()), (9000, "/", "127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

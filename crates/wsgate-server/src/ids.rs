@@ -1,0 +1,36 @@
+//! Request ids and WebSocket keys: unique per process, from the OS random source.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // The OS random source failing is not recoverable in any useful way; fall back to time.
+    if SystemRandom::new().fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// A new request id: 16 hex digits, a random per-process base plus a counter.
+pub fn request_id() -> String {
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(random_u64);
+    format!("{:016x}", base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes.
+pub fn websocket_key() -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&random_u64().to_le_bytes());
+    b[8..].copy_from_slice(&random_u64().to_le_bytes());
+    B64.encode(b)
+}

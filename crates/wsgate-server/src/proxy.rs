@@ -1,0 +1,232 @@
+//! `proxy` routes: the upstream handshake is completed *before* the client gets its 101, so an
+//! upstream that refuses or is down becomes a 502 with a reason, never a hang or a silent close.
+
+use crate::config::Upstream;
+use crate::metrics::Metrics;
+use crate::ws::{close_for, CLOSE_GRACE};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead, WebSocketWrite};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use wsgate_handshake::{accept_key, Refusal, Reason, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
+
+/// An upstream connection that has answered 101.
+pub struct UpstreamConn {
+    /// The upstream WebSocket, client role.
+    pub ws: WebSocket<TokioIo<Upgraded>>,
+    /// The subprotocol the upstream chose (always one the client offered).
+    pub subprotocol: Option<String>,
+}
+
+/// What the client's handshake contributes to the upstream's.
+pub struct Forward<'a> {
+    /// Subprotocols the client offered, to offer upstream in the same order.
+    pub subprotocols: &'a [String],
+    /// Headers copied from the client (the route's `forward_headers`).
+    pub headers: HeaderMap,
+    /// The client's address, sent as `X-Forwarded-For`.
+    pub peer: SocketAddr,
+    /// Sent as `X-Request-Id`, so both sides' logs line up.
+    pub request_id: &'a str,
+}
+
+fn unreachable(detail: String) -> Refusal {
+    Refusal::new(Reason::UpstreamUnreachable, detail)
+}
+fn refused(detail: String) -> Refusal {
+    Refusal::new(Reason::UpstreamRefused, detail)
+}
+
+/// Connects and performs the upstream handshake within the route's `connect_timeout`.
+pub async fn connect(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'_>) -> Result<UpstreamConn, Refusal> {
+    match timeout(up.connect_timeout, connect_inner(up, tls, fwd)).await {
+        Ok(r) => r,
+        Err(_) => Err(unreachable(format!(
+            "upstream {} did not complete its handshake within {:?}",
+            up.url, up.connect_timeout
+        ))),
+    }
+}
+
+async fn connect_inner(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'_>) -> Result<UpstreamConn, Refusal> {
+    let tcp = TcpStream::connect((up.host.as_str(), up.port))
+        .await
+        .map_err(|e| unreachable(format!("cannot connect to upstream {}: {e}", up.url)))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => handshake(up, tcp, fwd).await,
+        Some(connector) => {
+            let name = rustls_pki_types::ServerName::try_from(up.host.clone())
+                .map_err(|_| unreachable(format!("upstream host {:?} is not a valid TLS server name", up.host)))?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unreachable(format!("TLS handshake with upstream {} failed: {e}", up.url)))?;
+            handshake(up, stream, fwd).await
+        }
+    }
+}
+
+async fn handshake<S>(up: &Upstream, io: S, fwd: Forward<'_>) -> Result<UpstreamConn, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+        .await
+        .map_err(|e| unreachable(format!("HTTP handshake with upstream {} failed: {e}", up.url)))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let key = crate::ids::websocket_key();
+    let mut req = Request::get(up.path_and_query.as_str())
+        .header(header::HOST, up.authority.as_str())
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_KEY, key.as_str())
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .body(Empty::new())
+        .map_err(|e| unreachable(format!("cannot build the upstream request: {e}")))?;
+    let h = req.headers_mut();
+    for (name, value) in fwd.headers.iter() {
+        h.append(name, value.clone());
+    }
+    if !fwd.subprotocols.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&fwd.subprotocols.join(", ")) {
+            h.insert(SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd.peer.ip().to_string()) {
+        h.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(fwd.request_id) {
+        h.insert("x-request-id", v);
+    }
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(format!("upstream {} closed during the handshake: {e}", up.url)))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let their_code = resp
+            .headers()
+            .get(wsgate_reasons::REASON_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|c| format!(" (its reason: {c})"))
+            .unwrap_or_default();
+        return Err(refused(format!(
+            "upstream {} answered {} instead of 101{their_code}",
+            up.url,
+            resp.status()
+        )));
+    }
+    let expected = accept_key(key.as_bytes());
+    if resp.headers().get(SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+        return Err(refused(format!("upstream {} answered 101 with a wrong Sec-WebSocket-Accept", up.url)));
+    }
+    if resp.headers().contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(refused(format!(
+            "upstream {} negotiated an extension that was not offered",
+            up.url
+        )));
+    }
+    let subprotocol = match resp.headers().get(SEC_WEBSOCKET_PROTOCOL).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(p)) if fwd.subprotocols.iter().any(|o| o == p) => Some(p.to_owned()),
+        Some(_) => {
+            return Err(refused(format!(
+                "upstream {} chose a subprotocol the client did not offer",
+                up.url
+            )))
+        }
+    };
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| unreachable(format!("upstream {} upgrade failed: {e}", up.url)))?;
+    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    Ok(UpstreamConn { ws, subprotocol })
+}
+
+/// Relays frames both ways until either side closes or the server shuts down.
+pub async fn relay(
+    client: Upgraded,
+    upstream: WebSocket<TokioIo<Upgraded>>,
+    max_frame: usize,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut client = WebSocket::after_handshake(TokioIo::new(client), Role::Server);
+    client.set_auto_close(false);
+    client.set_auto_pong(false);
+    client.set_max_message_size(max_frame.saturating_add(1));
+    let (cr, cw) = client.split(tokio::io::split);
+    let (ur, uw) = upstream.split(tokio::io::split);
+    let up = pump(cr, uw, shutdown.clone(), metrics.clone(), true);
+    let down = pump(ur, cw, shutdown, metrics, false);
+    tokio::pin!(up, down);
+    // When one direction ends (a close was relayed, or a side vanished) the other gets a short
+    // grace to relay the close reply, then everything is dropped.
+    tokio::select! {
+        _ = &mut up => { let _ = timeout(CLOSE_GRACE, down).await; }
+        _ = &mut down => { let _ = timeout(CLOSE_GRACE, up).await; }
+    }
+}
+
+async fn pump<R, W>(
+    mut from: WebSocketRead<R>,
+    mut to: WebSocketWrite<W>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    from_client: bool,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // With auto_close and auto_pong off the codec never asks us to send anything.
+    let mut no_obligations = |_: Frame<'static>| std::future::ready(Ok::<(), std::io::Error>(()));
+    loop {
+        let frame = tokio::select! {
+            f = from.read_frame(&mut no_obligations) => f,
+            _ = crate::ws::stopped(&mut shutdown) => {
+                let _ = to.write_frame(Frame::close(1001, b"server shutting down")).await;
+                return;
+            }
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // Tell the other side why, when there is a protocol reason to tell.
+                if let Some((code, reason)) = close_for(&e) {
+                    let _ = to
+                        .write_frame(Frame::close(code, crate::ws::truncate(&reason).as_bytes()))
+                        .await;
+                }
+                return;
+            }
+        };
+        let is_close = frame.opcode == OpCode::Close;
+        if matches!(frame.opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation) {
+            let n = frame.payload.len() as u64;
+            if from_client {
+                metrics.messages_in.inc();
+                metrics.bytes_in.inc_by(n);
+            } else {
+                metrics.messages_out.inc();
+                metrics.bytes_out.inc_by(n);
+            }
+        }
+        let frame = Frame::new(frame.fin, frame.opcode, None, frame.payload);
+        if to.write_frame(frame).await.is_err() || is_close {
+            return;
+        }
+    }
+}

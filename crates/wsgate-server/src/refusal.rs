@@ -1,0 +1,122 @@
+//! Turning a [`Refusal`] into the answer the client gets, the log line and the metric.
+//!
+//! All three come from one call so a refusal can never be silent in one of them.
+
+use crate::config::Explain;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use std::net::SocketAddr;
+use wsgate_handshake::Refusal;
+use wsgate_reasons::{Reason, REASON_HEADER, REQUEST_ID_HEADER};
+
+/// The body type of every response wsgate writes itself.
+pub type Body = Full<Bytes>;
+
+/// Seconds a client is asked to wait before retrying a 429/503.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// What the refusal is about, for the log line.
+pub struct Context<'a> {
+    /// The id sent to the client and written in the log.
+    pub request_id: &'a str,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The matched route pattern, if any.
+    pub route: Option<&'a str>,
+    /// The request path as received.
+    pub path: &'a str,
+    /// The listener's explain level.
+    pub explain: Explain,
+}
+
+/// Logs and counts the refusal, and builds the response.
+pub fn refuse(refusal: &Refusal, ctx: &Context<'_>, metrics: &Metrics) -> Response<Body> {
+    let reason = refusal.reason;
+    metrics.refused(reason);
+    tracing::info!(
+        target: "wsgate::refusal",
+        request_id = ctx.request_id,
+        peer = %ctx.peer,
+        route = ctx.route.unwrap_or("-"),
+        path = ctx.path,
+        code = reason.code(),
+        status = reason.status(),
+        detail = %refusal.detail,
+        "handshake refused"
+    );
+    response(reason, ctx.request_id, ctx.explain)
+}
+
+/// The response for a reason at an explain level; protocol-required headers are always present.
+pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<Body> {
+    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = if explain == Explain::Full {
+        let json = serde_json::json!({
+            "code": reason.code(),
+            "status": reason.status(),
+            "message": reason.message(),
+            "fix": reason.client_fix(),
+            "request_id": request_id,
+        });
+        Bytes::from(format!("{json}\n"))
+    } else {
+        Bytes::new()
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    match reason {
+        Reason::HandshakeMethod => {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        Reason::HandshakeVersion => {
+            h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        Reason::HandshakeNotUpgrade => {
+            // RFC 9110 §15.5.22: a 426 must say which protocol to upgrade to.
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        }
+        _ => {}
+    }
+    if reason.is_retryable() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+    if explain != Explain::None {
+        h.insert(REASON_HEADER, HeaderValue::from_static(reason.code()));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(REQUEST_ID_HEADER, v);
+        }
+    }
+    if explain == Explain::Full {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_levels() {
+        let r = response(Reason::HandshakeVersion, "abc", Explain::None);
+        assert_eq!(r.status(), 426);
+        assert_eq!(r.headers()["sec-websocket-version"], "13");
+        assert!(r.headers().get(REASON_HEADER).is_none());
+        assert!(r.headers().get(REQUEST_ID_HEADER).is_none());
+
+        let r = response(Reason::LimitConnections, "abc", Explain::Code);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[REASON_HEADER], "limit.connections");
+        assert_eq!(r.headers()[REQUEST_ID_HEADER], "abc");
+        assert_eq!(r.headers()["retry-after"], RETRY_AFTER_SECS);
+
+        let r = response(Reason::HandshakeMethod, "abc", Explain::Full);
+        assert_eq!(r.headers()["allow"], "GET");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,529 @@
+//! Listeners, the per-request handshake decision, the admin listener and graceful shutdown.
+
+use crate::config::{Config, Explain, RouteKind};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::refusal::{self, Body, Context};
+use crate::routes::Router;
+use crate::ws::{self, Local};
+use crate::{ids, proxy, tls};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use wsgate_handshake::{select_subprotocol, Refusal, Reason, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
+use wsgate_reasons::REQUEST_ID_HEADER;
+
+/// A start-up failure: the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (including TLS files) is wrong.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it? Pick another port in the configuration")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection.
+struct Shared {
+    config: Config,
+    router: Router,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    open: AtomicUsize,
+    draining: AtomicBool,
+    next_conn: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+    upstream_tls: Vec<Option<TlsConnector>>,
+}
+
+/// One bound public listener.
+struct Bound {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    explain: Explain,
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Bound>,
+    admin: Option<TcpListener>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+/// What a listener turned out to be bound to, for the start-up banner.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// The real address (port 0 resolved).
+    pub address: SocketAddr,
+    /// Whether it terminates TLS (`wss://`).
+    pub tls: bool,
+}
+
+/// Checks everything `serve` would check before binding (configuration, TLS files, upstream CAs).
+pub fn preflight(config: &Config) -> Result<Vec<Option<tls::CertInfo>>, crate::config::ConfigError> {
+    let mut infos = Vec::new();
+    for l in &config.listeners {
+        infos.push(match &l.tls {
+            Some(t) => Some(tls::server_config(t, &config.source)?.1),
+            None => None,
+        });
+    }
+    upstream_connectors(config)?;
+    Ok(infos)
+}
+
+fn upstream_connectors(config: &Config) -> Result<Vec<Option<TlsConnector>>, crate::config::ConfigError> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match &r.upstream {
+            Some(u) if u.tls => tls::client_config(u.ca_file.as_deref())
+                .map(|c| Some(TlsConnector::from(c)))
+                .map_err(|message| crate::config::ConfigError {
+                    file: config.source.clone(),
+                    key: format!("route[{i}].upstream_ca"),
+                    message,
+                }),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+impl Server {
+    /// Validates TLS material and binds every listener; nothing is served yet.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => {
+                    let (server_config, info) = tls::server_config(t, &config.source)?;
+                    if info.expires_soon {
+                        tracing::warn!(
+                            listener = %l.address,
+                            subject = %info.subject,
+                            expires = %tls::httpdate(info.not_after),
+                            "TLS certificate expires within 14 days: renew it"
+                        );
+                    }
+                    metrics.set_cert_not_after(format!("listener[{i}]"), info.not_after);
+                    Some(TlsAcceptor::from(server_config))
+                }
+                None => None,
+            };
+            let listener = TcpListener::bind(l.address).await.map_err(|source| StartError::Bind {
+                addr: l.address,
+                what: format!("listener[{i}]"),
+                source,
+            })?;
+            listeners.push(Bound {
+                listener,
+                tls,
+                explain: l.explain,
+            });
+        }
+        let admin = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                addr,
+                what: "admin".into(),
+                source,
+            })?),
+            None => None,
+        };
+        let router = Router::new(&config.routes).map_err(|message| crate::config::ConfigError {
+            file: config.source.clone(),
+            key: "route".into(),
+            message,
+        })?;
+        let upstream_tls = upstream_connectors(&config)?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                router,
+                metrics,
+                hub: Arc::new(Hub::default()),
+                open: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                next_conn: AtomicU64::new(1),
+                shutdown,
+                upstream_tls,
+            }),
+            listeners,
+            admin,
+            shutdown_tx,
+        })
+    }
+
+    /// The public listeners' real addresses.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners
+            .iter()
+            .filter_map(|b| {
+                b.listener.local_addr().ok().map(|address| BoundListener {
+                    address,
+                    tls: b.tls.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// The admin listener's real address.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Serves until `stop` completes, then drains: refuse new handshakes, send close 1001 to every
+    /// connection, and wait up to `limits.drain_timeout` for them to finish.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let (track_tx, mut track_rx) = mpsc::channel::<()>(1);
+        let mut accept_tasks = Vec::new();
+        for b in self.listeners {
+            let shared = self.shared.clone();
+            let track = track_tx.clone();
+            accept_tasks.push(tokio::spawn(accept_loop(b, shared, track)));
+        }
+        if let Some(admin) = self.admin {
+            accept_tasks.push(tokio::spawn(admin_loop(admin, self.shared.clone())));
+        }
+        stop.await;
+        let drain = self.shared.config.limits.drain_timeout;
+        tracing::info!(
+            open = self.shared.open.load(Ordering::Relaxed),
+            drain_timeout = ?drain,
+            "shutting down: refusing new handshakes and closing connections with 1001"
+        );
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for t in &accept_tasks {
+            t.abort();
+        }
+        let _ = self.shutdown_tx.send(true);
+        drop(track_tx);
+        match tokio::time::timeout(drain, track_rx.recv()).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                open = self.shared.open.load(Ordering::Relaxed),
+                "drain timeout reached; dropping the remaining connections"
+            ),
+        }
+    }
+}
+
+async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
+    let Bound {
+        listener,
+        tls,
+        explain,
+    } = b;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let track = track.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let ctx = Arc::new(ConnCtx {
+                shared: shared.clone(),
+                peer,
+                explain,
+                track,
+            });
+            match tls {
+                None => serve_http(stream, ctx).await,
+                Some(acceptor) => {
+                    let timeout = shared.config.limits.handshake_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_http(s, ctx).await,
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Per-TCP-connection context for the request handler.
+struct ConnCtx {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    explain: Explain,
+    /// Held while the connection (and any WebSocket it becomes) lives, for the drain.
+    track: mpsc::Sender<()>,
+}
+
+async fn serve_http<I>(io: I, ctx: Arc<ConnCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = ctx.shared.shutdown.clone();
+    let handler = ctx.clone();
+    let service = service_fn(move |req| handle(req, handler.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.shared.config.limits.handshake_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %ctx.peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = ws::stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Counts an open WebSocket connection for as long as it lives.
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    fn acquire(shared: &Arc<Shared>) -> Option<Slot> {
+        let max = shared.config.limits.max_connections;
+        let prev = shared.open.fetch_add(1, Ordering::SeqCst);
+        if prev >= max {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        shared.metrics.connections_open.inc();
+        Some(Slot(shared.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.connections_open.dec();
+    }
+}
+
+async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let shared = &ctx.shared;
+    let request_id = ids::request_id();
+    let path = req.uri().path().to_owned();
+    let route_match = shared.router.find(&path);
+    let refuse = |reason: Reason, detail: String| {
+        let refusal = Refusal::new(reason, detail);
+        refuse_with(&refusal, &ctx, &request_id, route_match.map(|(_, r)| r.path.as_str()), &path)
+    };
+
+    if shared.draining.load(Ordering::SeqCst) {
+        return Ok(refuse(Reason::ServerDraining, "the server is draining for shutdown".into()));
+    }
+    let Some((route_idx, route)) = route_match else {
+        return Ok(refuse(Reason::RouteNotFound, format!("no route matches the path {path:?}")));
+    };
+    let hs = match wsgate_handshake::validate(req.method(), req.version(), req.headers()) {
+        Ok(hs) => hs,
+        Err(r) => return Ok(refuse(r.reason, r.detail)),
+    };
+    let mut subprotocol = select_subprotocol(&hs.subprotocols, &route.subprotocols).map(str::to_owned);
+    if route.kind != RouteKind::Proxy || !route.subprotocols.is_empty() {
+        if subprotocol.is_none() && !hs.subprotocols.is_empty() {
+            // The offered names are not shown: clients sometimes carry tokens in this header.
+            return Ok(refuse(
+                Reason::SubprotocolUnsupported,
+                format!(
+                    "the client offered {} subprotocol(s), none of which the route supports; it supports {:?}",
+                    hs.subprotocols.len(),
+                    route.subprotocols
+                ),
+            ));
+        }
+        if subprotocol.is_none() && route.subprotocol_required {
+            return Ok(refuse(
+                Reason::SubprotocolUnsupported,
+                format!("the route requires one of the subprotocols {:?} and none was offered", route.subprotocols),
+            ));
+        }
+    }
+    let Some(slot) = Slot::acquire(shared) else {
+        return Ok(refuse(
+            Reason::LimitConnections,
+            format!("{} connections are open, the limit is {}", shared.config.limits.max_connections, shared.config.limits.max_connections),
+        ));
+    };
+
+    let upstream = match (&route.kind, &route.upstream) {
+        (RouteKind::Proxy, Some(up)) => {
+            let offered: Vec<String> = if route.subprotocols.is_empty() {
+                hs.subprotocols.clone()
+            } else {
+                subprotocol.iter().cloned().collect()
+            };
+            let fwd = proxy::Forward {
+                subprotocols: &offered,
+                headers: forwarded_headers(req.headers(), &route.forward_headers),
+                peer: ctx.peer,
+                request_id: &request_id,
+            };
+            let tls = shared.upstream_tls.get(route_idx).and_then(Option::as_ref);
+            match proxy::connect(up, tls, fwd).await {
+                Ok(conn) => {
+                    subprotocol = conn.subprotocol.clone();
+                    Some(conn)
+                }
+                Err(r) => return Ok(refuse_with(&r, &ctx, &request_id, Some(&route.path), &path)),
+            }
+        }
+        _ => None,
+    };
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&hs.accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = subprotocol.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let limits = ws::Limits {
+        max_message: shared.config.limits.max_message_bytes,
+        max_frame: shared.config.limits.max_frame_bytes,
+        ping_interval: shared.config.limits.ping_interval,
+        idle_timeout: shared.config.limits.idle_timeout,
+    };
+    let local = match route.kind {
+        RouteKind::Echo => Some(Local::Echo),
+        RouteKind::Channel => Some(Local::Channel {
+            hub: shared.hub.clone(),
+            room: format!("{route_idx}:{path}"),
+            deliver_to_sender: route.deliver_to_sender,
+        }),
+        RouteKind::Proxy => None,
+    };
+    let track = ctx.track.clone();
+    let metrics = shared.metrics.clone();
+    let shutdown = shared.shutdown.clone();
+    let (peer, rid, route_path) = (ctx.peer, request_id.clone(), route.path.clone());
+    tokio::spawn(async move {
+        let _track = track;
+        let _slot = slot;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(request_id = %rid, error = %e, "client vanished during the upgrade");
+                return;
+            }
+        };
+        let opened = Instant::now();
+        match (local, upstream) {
+            (Some(local), _) => ws::run_local(upgraded, local, conn_id, limits, metrics, shutdown).await,
+            (None, Some(up)) => proxy::relay(upgraded, up.ws, limits.max_frame, metrics, shutdown).await,
+            (None, None) => {}
+        }
+        tracing::debug!(request_id = %rid, peer = %peer, route = %route_path, secs = opened.elapsed().as_secs_f64(), "connection closed");
+    });
+
+    shared.metrics.admitted.get_or_create(&[("route", route.path.clone())]).inc();
+    shared.metrics.handshake_seconds.observe(started.elapsed().as_secs_f64());
+    tracing::debug!(request_id = %request_id, peer = %ctx.peer, route = %route.path, subprotocol = subprotocol.as_deref().unwrap_or("-"), "handshake admitted");
+    Ok(resp)
+}
+
+fn refuse_with(refusal: &Refusal, ctx: &ConnCtx, request_id: &str, route: Option<&str>, path: &str) -> Response<Body> {
+    let c = Context {
+        request_id,
+        peer: ctx.peer,
+        route,
+        path,
+        explain: ctx.explain,
+    };
+    refusal::refuse(refusal, &c, &ctx.shared.metrics)
+}
+
+fn forwarded_headers(from: &HeaderMap, names: &[http::HeaderName]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in names {
+        for v in from.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+async fn admin_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(serve_admin(stream, shared));
+    }
+}
+
+async fn serve_admin(stream: TcpStream, shared: Arc<Shared>) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let (status, ctype, body) = match req.uri().path() {
+                "/metrics" => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    shared.metrics.render(),
+                ),
+                "/healthz" if shared.draining.load(Ordering::SeqCst) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_owned())
+                }
+                "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics or /healthz\n".to_owned()),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}

@@ -1,0 +1,302 @@
+//! The `wsgate` command: `serve`, `check`, `cert dev` and `reasons`.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wsgate_reasons::Reason;
+use wsgate_server::config::{Config, Explain, LogFormat, RouteKind};
+use wsgate_server::{preflight, Server};
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "A WebSocket gateway that explains every refusal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve WebSocket routes (with no configuration: a development setup on 127.0.0.1:8080).
+    Serve(ServeArgs),
+    /// Validate a configuration and print what it would do, without serving.
+    Check(ConfigArg),
+    /// Certificate helpers.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// List every refusal reason code (`--markdown` writes docs/refusals.md).
+    Reasons {
+        /// Print the Markdown documentation instead of a table.
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// TOML configuration file (default: the embedded development configuration).
+    #[arg(long, short, env = "WSGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override the first listener's address, e.g. 127.0.0.1:0 for a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override the admin (metrics) address; `off` disables it.
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and key for development.
+    Dev {
+        /// Host names or IP addresses to include (localhost, 127.0.0.1 and ::1 are always added).
+        #[arg(long = "host", default_value = "localhost")]
+        hosts: Vec<String>,
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+        Command::Cert(CertCommand::Dev { hosts, out, days }) => cert_dev(&hosts, &out, days),
+        Command::Reasons { markdown } => {
+            if markdown {
+                print!("{}", wsgate_reasons::markdown());
+            } else {
+                for r in Reason::ALL {
+                    println!("{:<28} {}  {}", r.code(), r.status(), r.message());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, String> {
+    match &arg.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::embedded()),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Some(addr) = args.listen {
+        config.override_first_listener(addr);
+    }
+    match args.admin.as_deref() {
+        None => {}
+        Some("off") => config.admin = None,
+        Some(a) => match a.parse() {
+            Ok(addr) => config.admin = Some(addr),
+            Err(_) => return fail(&format!("--admin {a:?} is not an address like 127.0.0.1:9090, nor `off`")),
+        },
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config.clone()).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        banner(&config, &server);
+        server.run(stop_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn banner(config: &Config, server: &Server) {
+    println!("wsgate {} serving (config: {})", env!("CARGO_PKG_VERSION"), config.source);
+    let mut first_echo = None;
+    for (l, bound) in config.listeners.iter().zip(server.listeners()) {
+        let scheme = if bound.tls { "wss" } else { "ws" };
+        let base = format!("{scheme}://{}", bound.address);
+        println!("listening {base} (refusals explained: {})", explain_name(l.explain));
+        for r in &config.routes {
+            let example = r.path.replace("{room}", "lobby");
+            println!("  {:<8} {base}{}", kind_name(r.kind), example);
+            if r.kind == RouteKind::Echo && first_echo.is_none() {
+                first_echo = Some(format!("{base}{example}"));
+            }
+        }
+    }
+    match server.admin_address() {
+        Some(a) => println!("admin http://{a}/metrics"),
+        None => println!("admin off"),
+    }
+    if let Some(url) = first_echo {
+        println!("try: python3 -m websockets {url}");
+        let http = url.replacen("ws", "http", 1);
+        println!("     curl -i {http}   (a plain HTTP request: see how a refusal explains itself)");
+    }
+}
+
+fn check(args: ConfigArg) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let certs = match preflight(&config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    println!("{}: OK", config.source);
+    for (i, (l, cert)) in config.listeners.iter().zip(certs).enumerate() {
+        let scheme = if l.tls.is_some() { "wss" } else { "ws" };
+        print!("listener[{i}] {scheme}://{} explain={}", l.address, explain_name(l.explain));
+        if let Some(c) = cert {
+            print!(
+                " certificate {} valid until {}{}",
+                c.subject,
+                wsgate_server::tls::httpdate(c.not_after),
+                if c.expires_soon { " (EXPIRES WITHIN 14 DAYS)" } else { "" }
+            );
+        }
+        println!();
+    }
+    match config.admin {
+        Some(a) => println!("admin http://{a}/metrics"),
+        None => println!("admin off"),
+    }
+    let l = &config.limits;
+    println!(
+        "limits max_connections={} max_message_bytes={} max_frame_bytes={} handshake_timeout={:?} ping_interval={:?} idle_timeout={:?} drain_timeout={:?}",
+        l.max_connections, l.max_message_bytes, l.max_frame_bytes, l.handshake_timeout, l.ping_interval, l.idle_timeout, l.drain_timeout
+    );
+    for (i, r) in config.routes.iter().enumerate() {
+        print!("route[{i}] {} -> {}", r.path, kind_name(r.kind));
+        if let Some(u) = &r.upstream {
+            print!(" {} (connect_timeout {:?})", u.url, u.connect_timeout);
+            if !r.forward_headers.is_empty() {
+                let names: Vec<&str> = r.forward_headers.iter().map(|h| h.as_str()).collect();
+                print!(" forward_headers={names:?}");
+            }
+        }
+        if r.subprotocols.is_empty() {
+            print!(" subprotocols=none");
+        } else {
+            print!(
+                " subprotocols={:?}{}",
+                r.subprotocols,
+                if r.subprotocol_required { " (required)" } else { "" }
+            );
+        }
+        if r.kind == RouteKind::Channel {
+            print!(" deliver_to_sender={}", r.deliver_to_sender);
+        }
+        println!();
+    }
+    ExitCode::SUCCESS
+}
+
+fn cert_dev(hosts: &[String], out: &std::path::Path, days: u32) -> ExitCode {
+    let (cert, key) = match wsgate_server::tls::dev_cert(hosts, days) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = std::fs::create_dir_all(out) {
+        return fail(&format!("cannot create {}: {e}", out.display()));
+    }
+    let (cp, kp) = (out.join("cert.pem"), out.join("key.pem"));
+    if let Err(e) = std::fs::write(&cp, cert) {
+        return fail(&format!("cannot write {}: {e}", cp.display()));
+    }
+    if let Err(e) = write_private(&kp, key.as_bytes()) {
+        return fail(&format!("cannot write {}: {e}", kp.display()));
+    }
+    println!("wrote {} and {} (self-signed, {days} days, for {})", cp.display(), kp.display(), hosts.join(", "));
+    println!("use them in a listener:\n  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"", cp.display(), kp.display());
+    println!("clients must trust cert.pem, e.g. `python3 -m websockets` with SSL_CERT_FILE={}", cp.display());
+    ExitCode::SUCCESS
+}
+
+/// Private keys are written readable by the owner only.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(data)
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("WSGATE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.logging.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.logging.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn explain_name(e: Explain) -> &'static str {
+    match e {
+        Explain::None => "none",
+        Explain::Code => "code",
+        Explain::Full => "full",
+    }
+}
+
+fn kind_name(k: RouteKind) -> &'static str {
+    match k {
+        RouteKind::Echo => "echo",
+        RouteKind::Channel => "channel",
+        RouteKind::Proxy => "proxy",
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("wsgate: error: {msg}");
+    ExitCode::FAILURE
+}

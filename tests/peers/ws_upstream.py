@@ -1,0 +1,37 @@
+"""An upstream WebSocket server for proxy tests, built on Python `websockets`.
+
+Usage: ws_upstream.py MODE   where MODE is `echo` (echoes, reports headers on request) or
+`refuse` (answers every handshake with 403). Prints `port N` once listening on 127.0.0.1.
+"""
+
+import asyncio
+import http
+import json
+import sys
+
+from websockets.asyncio.server import serve
+
+
+async def echo(ws):
+    async for msg in ws:
+        if msg == "headers?":
+            await ws.send(json.dumps({k.lower(): v for k, v in ws.request.headers.raw_items()}))
+        else:
+            await ws.send(msg)
+
+
+def refuse(connection, request):
+    return connection.respond(http.HTTPStatus.FORBIDDEN, "go away\n")
+
+
+async def main(mode):
+    kwargs = {"subprotocols": ["chat.v2", "chat.v1"]}
+    if mode == "refuse":
+        kwargs["process_request"] = refuse
+    async with serve(echo, "127.0.0.1", 0, **kwargs) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"port {port}", flush=True)
+        await asyncio.get_running_loop().create_future()
+
+
+asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "echo"))

@@ -1,0 +1,188 @@
+"""Every handshake refusal of the server issue, over raw TCP: status, reason header, body per
+explain level, the log line and the metric."""
+
+import base64
+import hashlib
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import KEY, config, handshake, raw
+
+ACCEPT = base64.b64encode(hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+
+CASES = [
+    # (id, request bytes, status, code, extra header that must be present)
+    ("method", handshake(method="POST"), 405, "handshake.method", ("allow", "GET")),
+    ("http10", handshake(version="HTTP/1.0"), 400, "handshake.bad_request", None),
+    ("no-host", handshake(omit=("Host",)), 400, "handshake.bad_request", None),
+    ("plain-http", b"GET /ws/echo HTTP/1.1\r\nHost: x\r\n\r\n", 426, "handshake.not_upgrade", ("upgrade", "websocket")),
+    ("upgrade-h2c", handshake(headers=[("Upgrade", "h2c")]), 426, "handshake.not_upgrade", None),
+    ("no-connection-upgrade", handshake(headers=[("Connection", "keep-alive")]), 400, "handshake.bad_request", None),
+    ("version-8", handshake(headers=[("Sec-WebSocket-Version", "8")]), 426, "handshake.version", ("sec-websocket-version", "13")),
+    ("no-version", handshake(omit=("Sec-WebSocket-Version",)), 426, "handshake.version", ("sec-websocket-version", "13")),
+    ("short-key", handshake(headers=[("Sec-WebSocket-Key", "AQID")]), 400, "handshake.bad_key", None),
+    ("no-key", handshake(omit=("Sec-WebSocket-Key",)), 400, "handshake.bad_key", None),
+    ("garbage-key", handshake(headers=[("Sec-WebSocket-Key", "%%%%")]), 400, "handshake.bad_key", None),
+    ("two-origins", handshake(headers=[("Origin", "http://a"), ("Origin", "http://b")]), 400, "handshake.duplicate_header", None),
+    ("two-keys", handshake().replace(b"\r\n\r\n", f"\r\nSec-WebSocket-Key: {KEY}\r\n\r\n".encode()), 400, "handshake.duplicate_header", None),
+    ("unknown-path", handshake(path="/nope"), 404, "route.not_found", None),
+    ("trailing-slash", handshake(path="/ws/echo/"), 404, "route.not_found", None),
+]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    from conftest import Wsgate
+
+    tmp = tmp_path_factory.mktemp("hs")
+    routes = """
+        [[route]]
+        path = "/ws/echo"
+        kind = "echo"
+
+        [[route]]
+        path = "/ws/proto"
+        kind = "echo"
+        subprotocols = ["b", "a"]
+
+        [[route]]
+        path = "/ws/need"
+        kind = "echo"
+        subprotocols = ["only"]
+        subprotocol_required = true
+    """
+    s = {level: Wsgate(config(routes=routes, explain=level), tmp) for level in ("none", "code", "full")}
+    yield s
+    for x in s.values():
+        x.stop()
+
+
+def test_valid_handshake_gets_101_with_the_rfc_accept(servers):
+    r = raw(servers["full"].port, handshake())
+    assert r.status == 101
+    assert r.header("sec-websocket-accept") == ACCEPT
+    assert r.header("upgrade").lower() == "websocket"
+    assert r.header("x-request-id")
+    assert r.header("sec-websocket-protocol") is None
+
+
+@pytest.mark.parametrize("name,req,status,code,extra", CASES, ids=[c[0] for c in CASES])
+def test_refusal_full(servers, name, req, status, code, extra):
+    s = servers["full"]
+    before = s.metric("wsgate_handshakes_refused_total", code=code)
+    r = raw(s.port, req)
+    assert r.status == status
+    assert r.header("wsgate-reason") == code
+    rid = r.header("x-request-id")
+    assert rid and len(rid) == 16
+    if extra:
+        assert r.header(extra[0]) == extra[1]
+    body = r.json()
+    assert body["code"] == code and body["status"] == status and body["request_id"] == rid
+    assert body["message"] and body["fix"]
+    assert set(body) == {"code", "status", "message", "fix", "request_id"}
+    # one log line with the request id, the code and the detail
+    deadline = time.time() + 5
+    while rid not in s.log() and time.time() < deadline:
+        time.sleep(0.05)
+    line = next(l for l in s.log().splitlines() if rid in l)
+    assert f'code="{code}"' in line and "detail=" in line and "peer=127.0.0.1:" in line
+    assert s.metric("wsgate_handshakes_refused_total", code=code) == before + 1
+
+
+@pytest.mark.parametrize("name,req,status,code,extra", CASES, ids=[c[0] for c in CASES])
+def test_refusal_code_level_has_headers_but_no_body(servers, name, req, status, code, extra):
+    r = raw(servers["code"].port, req)
+    assert r.status == status
+    assert r.header("wsgate-reason") == code
+    assert r.header("x-request-id")
+    assert r.body == b""
+    if extra:
+        assert r.header(extra[0]) == extra[1]
+
+
+@pytest.mark.parametrize("name,req,status,code,extra", CASES, ids=[c[0] for c in CASES])
+def test_refusal_none_level_is_bare(servers, name, req, status, code, extra):
+    r = raw(servers["none"].port, req)
+    assert r.status == status
+    assert r.header("wsgate-reason") is None
+    assert r.header("x-request-id") is None
+    assert r.body == b""
+    if extra:  # protocol-required headers stay
+        assert r.header(extra[0]) == extra[1]
+
+
+def test_subprotocol_picks_first_client_offer_the_route_supports(servers):
+    r = raw(servers["full"].port, handshake("/ws/proto", headers=[("Sec-WebSocket-Protocol", "x, a, b")]))
+    assert r.status == 101
+    assert r.header("sec-websocket-protocol") == "a"
+
+
+def test_unsupported_subprotocol_is_refused_without_echoing_the_offer(servers):
+    s = servers["full"]
+    r = raw(s.port, handshake("/ws/proto", headers=[("Sec-WebSocket-Protocol", "secret-token-123")]))
+    assert r.status == 400
+    assert r.header("wsgate-reason") == "subprotocol.unsupported"
+    assert b"secret-token-123" not in r.body
+    time.sleep(0.2)
+    assert "secret-token-123" not in s.log()
+    r = raw(s.port, handshake("/ws/echo", headers=[("Sec-WebSocket-Protocol", "chat")]))
+    assert r.header("wsgate-reason") == "subprotocol.unsupported"
+
+
+def test_required_subprotocol(servers):
+    r = raw(servers["full"].port, handshake("/ws/need"))
+    assert r.status == 400 and r.header("wsgate-reason") == "subprotocol.unsupported"
+    r = raw(servers["full"].port, handshake("/ws/need", headers=[("Sec-WebSocket-Protocol", "only")]))
+    assert r.status == 101 and r.header("sec-websocket-protocol") == "only"
+
+
+def test_connection_cap_gives_503_with_retry_after(wsgate):
+    s = wsgate(config(limits="max_connections = 1\n"))
+    first = raw(s.port, handshake(), keep_open=True)
+    assert first.status == 101
+    r = raw(s.port, handshake())
+    assert r.status == 503
+    assert r.header("wsgate-reason") == "limit.connections"
+    assert r.header("retry-after") == "5"
+    first.sock.close()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        if raw(s.port, handshake()).status == 101:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the slot was not released after the first client left")
+
+
+def test_slow_client_cannot_hold_a_handshake_slot(wsgate):
+    s = wsgate(config(limits='handshake_timeout = "500ms"\n'))
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    sock.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: x\r\n")  # never finishes the head
+    t0 = time.time()
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    assert time.time() - t0 < 4, "the server must drop a client that does not finish its request head"
+
+
+def test_refusal_log_is_json_when_configured(wsgate):
+    s = wsgate(config().replace("[[route]]", '[logging]\nformat = "json"\n\n[[route]]', 1))
+    r = raw(s.port, handshake(path="/missing"))
+    rid = r.header("x-request-id")
+    deadline = time.time() + 5
+    while rid not in s.log() and time.time() < deadline:
+        time.sleep(0.05)
+    line = next(l for l in s.log().splitlines() if rid in l)
+    rec = json.loads(line)
+    assert rec["code"] == "route.not_found" and rec["request_id"] == rid and rec["status"] == 404
+    assert rec["detail"] and rec["peer"].startswith("127.0.0.1:")
