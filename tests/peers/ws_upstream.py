@@ -25,7 +25,11 @@ def refuse(connection, request):
 
 
 async def main(mode):
-    kwargs = {"subprotocols": ["chat.v2", "chat.v1"]}
+    # Picks chat.v2 or chat.v1 when offered, and accepts clients that offer none.
+    def select(connection, offered):
+        return next((p for p in ("chat.v2", "chat.v1") if p in offered), None)
+
+    kwargs = {"select_subprotocol": select}
     if mode == "refuse":
         kwargs["process_request"] = refuse
     async with serve(echo, "127.0.0.1", 0, **kwargs) as server:

@@ -69,7 +69,11 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Checks a request head against RFC 6455 §4.2.1, in an order that gives the most useful reason.
-pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Result<ClientHandshake, Refusal> {
+pub fn validate(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<ClientHandshake, Refusal> {
     if method != Method::GET {
         return Err(Refusal::new(
             Reason::HandshakeMethod,
@@ -94,7 +98,10 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
     let host = match headers.get(HOST).map(|v| v.to_str()) {
         None => return Err(Refusal::new(Reason::HandshakeBadRequest, "no Host header")),
         Some(Err(_)) | Some(Ok("")) => {
-            return Err(Refusal::new(Reason::HandshakeBadRequest, "Host header is empty or not ASCII"))
+            return Err(Refusal::new(
+                Reason::HandshakeBadRequest,
+                "Host header is empty or not ASCII",
+            ))
         }
         Some(Ok(h)) => h.to_owned(),
     };
@@ -107,7 +114,10 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
     if !header_has_token(headers, &UPGRADE, "websocket") {
         return Err(Refusal::new(
             Reason::HandshakeNotUpgrade,
-            format!("Upgrade is {:?}, expected the token `websocket`", joined(headers, &UPGRADE)),
+            format!(
+                "Upgrade is {:?}, expected the token `websocket`",
+                joined(headers, &UPGRADE)
+            ),
         ));
     }
     if !header_has_token(headers, &CONNECTION, "upgrade") {
@@ -124,13 +134,26 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         Some(other) => {
             return Err(Refusal::new(
                 Reason::HandshakeVersion,
-                format!("Sec-WebSocket-Version is {:?}, only 13 is supported", String::from_utf8_lossy(other)),
+                format!(
+                    "Sec-WebSocket-Version is {:?}, only 13 is supported",
+                    String::from_utf8_lossy(other)
+                ),
             ))
         }
-        None => return Err(Refusal::new(Reason::HandshakeVersion, "no Sec-WebSocket-Version header")),
+        None => {
+            return Err(Refusal::new(
+                Reason::HandshakeVersion,
+                "no Sec-WebSocket-Version header",
+            ))
+        }
     }
     let key = match headers.get(SEC_WEBSOCKET_KEY) {
-        None => return Err(Refusal::new(Reason::HandshakeBadKey, "no Sec-WebSocket-Key header")),
+        None => {
+            return Err(Refusal::new(
+                Reason::HandshakeBadKey,
+                "no Sec-WebSocket-Key header",
+            ))
+        }
         Some(k) => k.as_bytes(),
     };
     match B64.decode(key.trim_ascii()) {
@@ -138,15 +161,28 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         Ok(raw) => {
             return Err(Refusal::new(
                 Reason::HandshakeBadKey,
-                format!("Sec-WebSocket-Key decodes to {} bytes, expected 16", raw.len()),
+                format!(
+                    "Sec-WebSocket-Key decodes to {} bytes, expected 16",
+                    raw.len()
+                ),
             ))
         }
-        Err(_) => return Err(Refusal::new(Reason::HandshakeBadKey, "Sec-WebSocket-Key is not valid base64")),
+        Err(_) => {
+            return Err(Refusal::new(
+                Reason::HandshakeBadKey,
+                "Sec-WebSocket-Key is not valid base64",
+            ))
+        }
     }
     let origin = match headers.get(ORIGIN).map(|v| v.to_str()) {
         None => None,
         Some(Ok(o)) => Some(o.to_owned()),
-        Some(Err(_)) => return Err(Refusal::new(Reason::HandshakeBadRequest, "Origin header is not ASCII")),
+        Some(Err(_)) => {
+            return Err(Refusal::new(
+                Reason::HandshakeBadRequest,
+                "Origin header is not ASCII",
+            ))
+        }
     };
     Ok(ClientHandshake {
         accept: accept_key(key.trim_ascii()),
@@ -160,9 +196,12 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
 fn offered_subprotocols(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
     let mut out = Vec::new();
     for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
-        let text = value
-            .to_str()
-            .map_err(|_| Refusal::new(Reason::HandshakeBadRequest, "Sec-WebSocket-Protocol is not ASCII"))?;
+        let text = value.to_str().map_err(|_| {
+            Refusal::new(
+                Reason::HandshakeBadRequest,
+                "Sec-WebSocket-Protocol is not ASCII",
+            )
+        })?;
         for item in text.split(',') {
             let item = item.trim();
             if item.is_empty() {
@@ -222,7 +261,10 @@ mod tests {
         h.insert(HOST, HeaderValue::from_static("127.0.0.1:8080"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        h.insert(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         h
     }
@@ -254,11 +296,15 @@ mod tests {
     #[test]
     fn method_and_version() {
         assert_eq!(
-            validate(&Method::POST, Version::HTTP_11, &good()).unwrap_err().reason,
+            validate(&Method::POST, Version::HTTP_11, &good())
+                .unwrap_err()
+                .reason,
             Reason::HandshakeMethod
         );
         assert_eq!(
-            validate(&Method::GET, Version::HTTP_10, &good()).unwrap_err().reason,
+            validate(&Method::GET, Version::HTTP_10, &good())
+                .unwrap_err()
+                .reason,
             Reason::HandshakeBadRequest
         );
         let mut h = good();

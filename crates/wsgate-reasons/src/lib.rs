@@ -182,7 +182,12 @@ pub fn markdown() -> String {
          | code | status | meaning |\n|---|---|---|\n",
     );
     for r in Reason::ALL {
-        out.push_str(&format!("| `{}` | {} | {} |\n", r.code(), r.status(), r.message()));
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            r.code(),
+            r.status(),
+            r.message()
+        ));
     }
     for r in Reason::ALL {
         out.push_str(&format!(

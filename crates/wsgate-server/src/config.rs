@@ -274,11 +274,16 @@ impl Config {
             key,
             message,
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| err(String::new(), one_line(&e.to_string())))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err(String::new(), one_line(&e.to_string())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            err(key.replace("listener.", "listener").replace("route.", "route"), one_line(&e.into_inner().to_string()))
+            err(
+                key.replace("listener.", "listener")
+                    .replace("route.", "route"),
+                one_line(&e.into_inner().to_string()),
+            )
         })?;
         validate(raw, source)
     }
@@ -331,7 +336,11 @@ impl Config {
 
 /// toml errors span several lines with a source excerpt; one line reads better in a terminal.
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
@@ -348,7 +357,8 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     }
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
-        let address = parse_addr(&l.address).map_err(|m| err(format!("listener[{i}].address"), m))?;
+        let address =
+            parse_addr(&l.address).map_err(|m| err(format!("listener[{i}].address"), m))?;
         let explain = l.explain.unwrap_or(default_explain(address));
         let tls = l.tls.as_ref().map(|t| Tls {
             cert: t.cert.clone(),
@@ -379,7 +389,11 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         max_connections: l.max_connections.unwrap_or(10_000),
         max_message_bytes: l.max_message_bytes.unwrap_or(16 << 20),
         max_frame_bytes: l.max_frame_bytes.unwrap_or(16 << 20),
-        handshake_timeout: dur("handshake_timeout", &l.handshake_timeout, Duration::from_secs(10))?,
+        handshake_timeout: dur(
+            "handshake_timeout",
+            &l.handshake_timeout,
+            Duration::from_secs(10),
+        )?,
         ping_interval: dur("ping_interval", &l.ping_interval, Duration::from_secs(30))?,
         idle_timeout: dur("idle_timeout", &l.idle_timeout, Duration::from_secs(90))?,
         drain_timeout: dur("drain_timeout", &l.drain_timeout, Duration::from_secs(10))?,
@@ -405,7 +419,11 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
 
     let logging = Logging {
         format: raw.logging.format,
-        level: raw.logging.level.clone().unwrap_or_else(|| "info".to_owned()),
+        level: raw
+            .logging
+            .level
+            .clone()
+            .unwrap_or_else(|| "info".to_owned()),
     };
 
     if raw.routes.is_empty() {
@@ -419,10 +437,17 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         let key = |k: &str| format!("route[{i}].{k}");
         crate::routes::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
         if routes.iter().any(|p: &Route| p.path == r.path) {
-            return Err(err(key("path"), format!("`{}` is already the path of an earlier route", r.path)));
+            return Err(err(
+                key("path"),
+                format!("`{}` is already the path of an earlier route", r.path),
+            ));
         }
         for (j, p) in r.subprotocols.iter().enumerate() {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
                 return Err(err(
                     format!("route[{i}].subprotocols[{j}]"),
                     format!("{p:?} is not a valid subprotocol name (an HTTP token: letters, digits, `.-_` …)"),
@@ -432,7 +457,8 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         if r.subprotocol_required && r.subprotocols.is_empty() {
             return Err(err(
                 key("subprotocol_required"),
-                "is true but `subprotocols` is empty: list the subprotocols the route speaks".into(),
+                "is true but `subprotocols` is empty: list the subprotocols the route speaks"
+                    .into(),
             ));
         }
         let is_proxy = r.kind == RouteKind::Proxy;
@@ -444,7 +470,10 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
                 ("connect_timeout", r.connect_timeout.is_some()),
             ] {
                 if set {
-                    return Err(err(key(k), "only applies to routes with kind = \"proxy\"".into()));
+                    return Err(err(
+                        key(k),
+                        "only applies to routes with kind = \"proxy\"".into(),
+                    ));
                 }
             }
         }
@@ -465,7 +494,10 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
                 None => Duration::from_secs(5),
                 Some(s) => parse_duration(s).map_err(|m| err(key("connect_timeout"), m))?,
             };
-            Some(parse_upstream(url, r.upstream_ca.clone(), connect_timeout).map_err(|m| err(key("upstream"), m))?)
+            Some(
+                parse_upstream(url, r.upstream_ca.clone(), connect_timeout)
+                    .map_err(|m| err(key("upstream"), m))?,
+            )
         } else {
             None
         };
@@ -560,10 +592,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_upstream(url: &str, ca_file: Option<PathBuf>, connect_timeout: Duration) -> Result<Upstream, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("{url:?} is not a URL; expected ws://host:port/path or wss://host/path"))?;
+fn parse_upstream(
+    url: &str,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Duration,
+) -> Result<Upstream, String> {
+    let uri: http::Uri = url.parse().map_err(|_| {
+        format!("{url:?} is not a URL; expected ws://host:port/path or wss://host/path")
+    })?;
     let tls = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
@@ -574,12 +610,20 @@ fn parse_upstream(url: &str, ca_file: Option<PathBuf>, connect_timeout: Duration
         .ok_or_else(|| format!("{url:?} has no host"))?
         .clone();
     if authority.as_str().contains('@') {
-        return Err(format!("{url:?}: credentials in the URL are not supported; use forward_headers"));
+        return Err(format!(
+            "{url:?}: credentials in the URL are not supported; use forward_headers"
+        ));
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     if ca_file.is_some() && !tls {
-        return Err(format!("{url:?}: upstream_ca is set but the upstream is not wss://"));
+        return Err(format!(
+            "{url:?}: upstream_ca is set but the upstream is not wss://"
+        ));
     }
     Ok(Upstream {
         url: url.to_owned(),
@@ -587,7 +631,10 @@ fn parse_upstream(url: &str, ca_file: Option<PathBuf>, connect_timeout: Duration
         host,
         port,
         authority: authority.as_str().to_owned(),
-        path_and_query: uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned()),
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned()),
         ca_file,
         connect_timeout,
     })
@@ -601,7 +648,8 @@ mod tests {
         Config::parse(text, "test.toml")
     }
 
-    const MIN: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/ws\"\nkind = \"echo\"\n";
+    const MIN: &str =
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/ws\"\nkind = \"echo\"\n";
 
     #[test]
     fn embedded_default_is_valid() {
@@ -618,17 +666,27 @@ mod tests {
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9090");
         assert_eq!(c.listeners[0].explain, Explain::Full);
         let c = parse(&MIN.replace("127.0.0.1:0", "0.0.0.0:0")).unwrap();
-        assert_eq!(c.listeners[0].explain, Explain::Code, "non-loopback defaults to code");
+        assert_eq!(
+            c.listeners[0].explain,
+            Explain::Code,
+            "non-loopback defaults to code"
+        );
     }
 
     #[test]
     fn unknown_keys_name_their_path() {
         let e = parse(&format!("{MIN}[limits]\nmax_conections = 3\n")).unwrap_err();
         assert_eq!(e.key, "limits.max_conections");
-        assert!(e.message.contains("max_connections"), "the message lists the valid keys: {e}");
+        assert!(
+            e.message.contains("max_connections"),
+            "the message lists the valid keys: {e}"
+        );
         let e = parse(&MIN.replace("kind = \"echo\"", "kind = \"echo\"\ncolour = 1")).unwrap_err();
         assert_eq!(e.key, "route[0].colour", "{e}");
-        assert!(e.to_string().starts_with("test.toml: `route[0].colour`: "), "{e}");
+        assert!(
+            e.to_string().starts_with("test.toml: `route[0].colour`: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -639,7 +697,10 @@ mod tests {
         assert_eq!(e.key, "route[0].kind", "{e}");
         let e = parse(&format!("{MIN}[limits]\nidle_timeout = \"10 parsecs\"\n")).unwrap_err();
         assert_eq!(e.key, "limits.idle_timeout");
-        let e = parse(&format!("{MIN}[limits]\nping_interval = \"2m\"\nidle_timeout = \"1m\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MIN}[limits]\nping_interval = \"2m\"\nidle_timeout = \"1m\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "limits.ping_interval");
         let e = parse(&MIN.replace("\"echo\"", "\"proxy\"")).unwrap_err();
         assert_eq!(e.key, "route[0].upstream");
@@ -657,9 +718,15 @@ mod tests {
     fn upstream_urls() {
         let u = parse_upstream("wss://[::1]/a?b=c", None, Duration::from_secs(1)).unwrap();
         assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port, u.path_and_query.as_str()), ("::1", 443, "/a?b=c"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path_and_query.as_str()),
+            ("::1", 443, "/a?b=c")
+        );
         let u = parse_upstream("ws://127.0.0.1:9000", None, Duration::from_secs(1)).unwrap();
-        assert_eq!((u.port, u.path_and_query.as_str(), u.authority.as_str()), (9000, "/", "127.0.0.1:9000"));
+        assert_eq!(
+            (u.port, u.path_and_query.as_str(), u.authority.as_str()),
+            (9000, "/", "127.0.0.1:9000")
+        );
     }
 
     #[test]

@@ -43,12 +43,20 @@ pub struct Membership {
 
 impl Hub {
     /// Joins (creating if needed) the room `key`; `depth` bounds the member's undelivered queue.
-    pub fn join(self: &Arc<Hub>, key: String, id: u64, depth: usize) -> (Membership, mpsc::Receiver<Arc<Broadcast>>) {
+    pub fn join(
+        self: &Arc<Hub>,
+        key: String,
+        id: u64,
+        depth: usize,
+    ) -> (Membership, mpsc::Receiver<Arc<Broadcast>>) {
         let (tx, rx) = mpsc::channel(depth.max(1));
         // Joining under the hub lock means a room cannot be removed between lookup and joining.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = rooms.entry(key.clone()).or_default().clone();
-        room.members.write().unwrap_or_else(|p| p.into_inner()).push(Member { id, tx });
+        room.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Member { id, tx });
         drop(rooms);
         (
             Membership {
@@ -136,7 +144,10 @@ mod tests {
         a.publish(msg(1, "1"));
         a.publish(msg(1, "2"));
         assert!(rs.recv().await.is_some());
-        assert!(rs.recv().await.is_none(), "slow member was dropped from the room");
+        assert!(
+            rs.recv().await.is_none(),
+            "slow member was dropped from the room"
+        );
         drop(slow);
         drop(a);
         assert_eq!(hub.room_count(), 0);

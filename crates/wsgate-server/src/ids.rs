@@ -24,7 +24,10 @@ pub fn request_id() -> String {
     static BASE: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = *BASE.get_or_init(random_u64);
-    format!("{:016x}", base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)))
+    format!(
+        "{:016x}",
+        base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+    )
 }
 
 /// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes.

@@ -57,13 +57,41 @@ impl Metrics {
             cert_not_after: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
-        registry.register("connections_open", "Open WebSocket connections", m.connections_open.clone());
-        registry.register("handshakes_admitted", "Handshakes answered with 101, by route", m.admitted.clone());
-        registry.register("handshakes_refused", "Handshakes refused, by reason code", m.refused.clone());
-        registry.register("messages_in", "Messages received from clients", m.messages_in.clone());
-        registry.register("messages_out", "Messages sent to clients", m.messages_out.clone());
-        registry.register("bytes_in", "Payload bytes received from clients", m.bytes_in.clone());
-        registry.register("bytes_out", "Payload bytes sent to clients", m.bytes_out.clone());
+        registry.register(
+            "connections_open",
+            "Open WebSocket connections",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "handshakes_admitted",
+            "Handshakes answered with 101, by route",
+            m.admitted.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "Handshakes refused, by reason code",
+            m.refused.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages received from clients",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages sent to clients",
+            m.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Payload bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Payload bytes sent to clients",
+            m.bytes_out.clone(),
+        );
         registry.register(
             "handshake_duration_seconds",
             "Time from request head to handshake answer",
@@ -103,7 +131,9 @@ impl Metrics {
                     Ok(d) => d.as_secs_f64(),
                     Err(e) => -e.duration().as_secs_f64(),
                 };
-                self.cert_expiry.get_or_create(&[("listener", listener.clone())]).set(secs);
+                self.cert_expiry
+                    .get_or_create(&[("listener", listener.clone())])
+                    .set(secs);
             }
         }
         let mut out = String::new();

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use wsgate_handshake::{accept_key, Refusal, Reason, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
+use wsgate_handshake::{accept_key, Reason, Refusal, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
 
 /// An upstream connection that has answered 101.
 pub struct UpstreamConn {
@@ -47,7 +47,11 @@ fn refused(detail: String) -> Refusal {
 }
 
 /// Connects and performs the upstream handshake within the route's `connect_timeout`.
-pub async fn connect(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'_>) -> Result<UpstreamConn, Refusal> {
+pub async fn connect(
+    up: &Upstream,
+    tls: Option<&TlsConnector>,
+    fwd: Forward<'_>,
+) -> Result<UpstreamConn, Refusal> {
     match timeout(up.connect_timeout, connect_inner(up, tls, fwd)).await {
         Ok(r) => r,
         Err(_) => Err(unreachable(format!(
@@ -57,7 +61,11 @@ pub async fn connect(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'_>
     }
 }
 
-async fn connect_inner(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'_>) -> Result<UpstreamConn, Refusal> {
+async fn connect_inner(
+    up: &Upstream,
+    tls: Option<&TlsConnector>,
+    fwd: Forward<'_>,
+) -> Result<UpstreamConn, Refusal> {
     let tcp = TcpStream::connect((up.host.as_str(), up.port))
         .await
         .map_err(|e| unreachable(format!("cannot connect to upstream {}: {e}", up.url)))?;
@@ -65,12 +73,18 @@ async fn connect_inner(up: &Upstream, tls: Option<&TlsConnector>, fwd: Forward<'
     match tls {
         None => handshake(up, tcp, fwd).await,
         Some(connector) => {
-            let name = rustls_pki_types::ServerName::try_from(up.host.clone())
-                .map_err(|_| unreachable(format!("upstream host {:?} is not a valid TLS server name", up.host)))?;
-            let stream = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| unreachable(format!("TLS handshake with upstream {} failed: {e}", up.url)))?;
+            let name = rustls_pki_types::ServerName::try_from(up.host.clone()).map_err(|_| {
+                unreachable(format!(
+                    "upstream host {:?} is not a valid TLS server name",
+                    up.host
+                ))
+            })?;
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                unreachable(format!(
+                    "TLS handshake with upstream {} failed: {e}",
+                    up.url
+                ))
+            })?;
             handshake(up, stream, fwd).await
         }
     }
@@ -80,9 +94,15 @@ async fn handshake<S>(up: &Upstream, io: S, fwd: Forward<'_>) -> Result<Upstream
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
-        .await
-        .map_err(|e| unreachable(format!("HTTP handshake with upstream {} failed: {e}", up.url)))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+            .await
+            .map_err(|e| {
+                unreachable(format!(
+                    "HTTP handshake with upstream {} failed: {e}",
+                    up.url
+                ))
+            })?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -110,10 +130,12 @@ where
     if let Ok(v) = HeaderValue::from_str(fwd.request_id) {
         h.insert("x-request-id", v);
     }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| unreachable(format!("upstream {} closed during the handshake: {e}", up.url)))?;
+    let resp = sender.send_request(req).await.map_err(|e| {
+        unreachable(format!(
+            "upstream {} closed during the handshake: {e}",
+            up.url
+        ))
+    })?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let their_code = resp
             .headers()
@@ -128,16 +150,31 @@ where
         )));
     }
     let expected = accept_key(key.as_bytes());
-    if resp.headers().get(SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
-        return Err(refused(format!("upstream {} answered 101 with a wrong Sec-WebSocket-Accept", up.url)));
+    if resp
+        .headers()
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes())
+        != Some(expected.as_bytes())
+    {
+        return Err(refused(format!(
+            "upstream {} answered 101 with a wrong Sec-WebSocket-Accept",
+            up.url
+        )));
     }
-    if resp.headers().contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+    if resp
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
         return Err(refused(format!(
             "upstream {} negotiated an extension that was not offered",
             up.url
         )));
     }
-    let subprotocol = match resp.headers().get(SEC_WEBSOCKET_PROTOCOL).map(|v| v.to_str()) {
+    let subprotocol = match resp
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .map(|v| v.to_str())
+    {
         None => None,
         Some(Ok(p)) if fwd.subprotocols.iter().any(|o| o == p) => Some(p.to_owned()),
         Some(_) => {
@@ -214,7 +251,10 @@ async fn pump<R, W>(
             }
         };
         let is_close = frame.opcode == OpCode::Close;
-        if matches!(frame.opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation) {
+        if matches!(
+            frame.opcode,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation
+        ) {
             let n = frame.payload.len() as u64;
             if from_client {
                 metrics.messages_in.inc();

@@ -72,7 +72,10 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
             h.insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
         Reason::HandshakeVersion => {
-            h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         Reason::HandshakeNotUpgrade => {
             // RFC 9110 §15.5.22: a 426 must say which protocol to upgrade to.
@@ -82,7 +85,10 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
         _ => {}
     }
     if reason.is_retryable() {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
     }
     if explain != Explain::None {
         h.insert(REASON_HEADER, HeaderValue::from_static(reason.code()));
@@ -91,7 +97,10 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
         }
     }
     if explain == Explain::Full {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

@@ -28,7 +28,9 @@ impl Pattern {
             if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
                 let name = &seg[1..seg.len() - 1];
                 if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(format!("parameter `{seg}` in {path:?} must be a name like `{{room}}`"));
+                    return Err(format!(
+                        "parameter `{seg}` in {path:?} must be a name like `{{room}}`"
+                    ));
                 }
                 segments.push(Segment::Param);
             } else if seg.contains(['{', '}']) {

@@ -23,7 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use wsgate_handshake::{select_subprotocol, Refusal, Reason, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
+use wsgate_handshake::{
+    select_subprotocol, Reason, Refusal, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL,
+};
 use wsgate_reasons::REQUEST_ID_HEADER;
 
 /// A start-up failure: the message says what to change.
@@ -82,7 +84,9 @@ pub struct BoundListener {
 }
 
 /// Checks everything `serve` would check before binding (configuration, TLS files, upstream CAs).
-pub fn preflight(config: &Config) -> Result<Vec<Option<tls::CertInfo>>, crate::config::ConfigError> {
+pub fn preflight(
+    config: &Config,
+) -> Result<Vec<Option<tls::CertInfo>>, crate::config::ConfigError> {
     let mut infos = Vec::new();
     for l in &config.listeners {
         infos.push(match &l.tls {
@@ -94,7 +98,9 @@ pub fn preflight(config: &Config) -> Result<Vec<Option<tls::CertInfo>>, crate::c
     Ok(infos)
 }
 
-fn upstream_connectors(config: &Config) -> Result<Vec<Option<TlsConnector>>, crate::config::ConfigError> {
+fn upstream_connectors(
+    config: &Config,
+) -> Result<Vec<Option<TlsConnector>>, crate::config::ConfigError> {
     config
         .routes
         .iter()
@@ -134,11 +140,14 @@ impl Server {
                 }
                 None => None,
             };
-            let listener = TcpListener::bind(l.address).await.map_err(|source| StartError::Bind {
-                addr: l.address,
-                what: format!("listener[{i}]"),
-                source,
-            })?;
+            let listener =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: l.address,
+                        what: format!("listener[{i}]"),
+                        source,
+                    })?;
             listeners.push(Bound {
                 listener,
                 tls,
@@ -146,11 +155,17 @@ impl Server {
             });
         }
         let admin = match config.admin {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-                addr,
-                what: "admin".into(),
-                source,
-            })?),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr,
+                            what: "admin".into(),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let router = Router::new(&config.routes).map_err(|message| crate::config::ConfigError {
@@ -265,7 +280,9 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
                     let timeout = shared.config.limits.handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_http(s, ctx).await,
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
                 }
@@ -333,7 +350,10 @@ impl Drop for Slot {
     }
 }
 
-async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let shared = &ctx.shared;
     let request_id = ids::request_id();
@@ -341,20 +361,33 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
     let route_match = shared.router.find(&path);
     let refuse = |reason: Reason, detail: String| {
         let refusal = Refusal::new(reason, detail);
-        refuse_with(&refusal, &ctx, &request_id, route_match.map(|(_, r)| r.path.as_str()), &path)
+        refuse_with(
+            &refusal,
+            &ctx,
+            &request_id,
+            route_match.map(|(_, r)| r.path.as_str()),
+            &path,
+        )
     };
 
     if shared.draining.load(Ordering::SeqCst) {
-        return Ok(refuse(Reason::ServerDraining, "the server is draining for shutdown".into()));
+        return Ok(refuse(
+            Reason::ServerDraining,
+            "the server is draining for shutdown".into(),
+        ));
     }
     let Some((route_idx, route)) = route_match else {
-        return Ok(refuse(Reason::RouteNotFound, format!("no route matches the path {path:?}")));
+        return Ok(refuse(
+            Reason::RouteNotFound,
+            format!("no route matches the path {path:?}"),
+        ));
     };
     let hs = match wsgate_handshake::validate(req.method(), req.version(), req.headers()) {
         Ok(hs) => hs,
         Err(r) => return Ok(refuse(r.reason, r.detail)),
     };
-    let mut subprotocol = select_subprotocol(&hs.subprotocols, &route.subprotocols).map(str::to_owned);
+    let mut subprotocol =
+        select_subprotocol(&hs.subprotocols, &route.subprotocols).map(str::to_owned);
     if route.kind != RouteKind::Proxy || !route.subprotocols.is_empty() {
         if subprotocol.is_none() && !hs.subprotocols.is_empty() {
             // The offered names are not shown: clients sometimes carry tokens in this header.
@@ -370,14 +403,20 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         if subprotocol.is_none() && route.subprotocol_required {
             return Ok(refuse(
                 Reason::SubprotocolUnsupported,
-                format!("the route requires one of the subprotocols {:?} and none was offered", route.subprotocols),
+                format!(
+                    "the route requires one of the subprotocols {:?} and none was offered",
+                    route.subprotocols
+                ),
             ));
         }
     }
     let Some(slot) = Slot::acquire(shared) else {
         return Ok(refuse(
             Reason::LimitConnections,
-            format!("{} connections are open, the limit is {}", shared.config.limits.max_connections, shared.config.limits.max_connections),
+            format!(
+                "{} connections are open, the limit is {}",
+                shared.config.limits.max_connections, shared.config.limits.max_connections
+            ),
         ));
     };
 
@@ -414,7 +453,10 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
     if let Ok(v) = HeaderValue::from_str(&hs.accept) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
-    if let Some(p) = subprotocol.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+    if let Some(p) = subprotocol
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
         h.insert(SEC_WEBSOCKET_PROTOCOL, p);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -454,20 +496,37 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         };
         let opened = Instant::now();
         match (local, upstream) {
-            (Some(local), _) => ws::run_local(upgraded, local, conn_id, limits, metrics, shutdown).await,
-            (None, Some(up)) => proxy::relay(upgraded, up.ws, limits.max_frame, metrics, shutdown).await,
+            (Some(local), _) => {
+                ws::run_local(upgraded, local, conn_id, limits, metrics, shutdown).await
+            }
+            (None, Some(up)) => {
+                proxy::relay(upgraded, up.ws, limits.max_frame, metrics, shutdown).await
+            }
             (None, None) => {}
         }
         tracing::debug!(request_id = %rid, peer = %peer, route = %route_path, secs = opened.elapsed().as_secs_f64(), "connection closed");
     });
 
-    shared.metrics.admitted.get_or_create(&[("route", route.path.clone())]).inc();
-    shared.metrics.handshake_seconds.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .admitted
+        .get_or_create(&[("route", route.path.clone())])
+        .inc();
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(request_id = %request_id, peer = %ctx.peer, route = %route.path, subprotocol = subprotocol.as_deref().unwrap_or("-"), "handshake admitted");
     Ok(resp)
 }
 
-fn refuse_with(refusal: &Refusal, ctx: &ConnCtx, request_id: &str, route: Option<&str>, path: &str) -> Response<Body> {
+fn refuse_with(
+    refusal: &Refusal,
+    ctx: &ConnCtx,
+    request_id: &str,
+    route: Option<&str>,
+    path: &str,
+) -> Response<Body> {
     let c = Context {
         request_id,
         peer: ctx.peer,
@@ -509,15 +568,22 @@ async fn serve_admin(stream: TcpStream, shared: Arc<Shared>) {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     shared.metrics.render(),
                 ),
-                "/healthz" if shared.draining.load(Ordering::SeqCst) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_owned())
-                }
+                "/healthz" if shared.draining.load(Ordering::SeqCst) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".to_owned(),
+                ),
                 "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-                _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics or /healthz\n".to_owned()),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "try /metrics or /healthz\n".to_owned(),
+                ),
             };
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             *resp.status_mut() = status;
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
             Ok::<_, Infallible>(resp)
         }
     });

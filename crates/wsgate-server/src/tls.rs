@@ -28,7 +28,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads and checks a listener's certificate chain and key, returning the rustls configuration.
-pub fn server_config(tls: &Tls, source: &str) -> Result<(Arc<rustls::ServerConfig>, CertInfo), ConfigError> {
+pub fn server_config(
+    tls: &Tls,
+    source: &str,
+) -> Result<(Arc<rustls::ServerConfig>, CertInfo), ConfigError> {
     let err = |k: &str, message: String| ConfigError {
         file: source.to_owned(),
         key: format!("{}.{k}", tls.key_path),
@@ -38,10 +41,14 @@ pub fn server_config(tls: &Tls, source: &str) -> Result<(Arc<rustls::ServerConfi
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
         err(
             "key",
-            format!("cannot read a PEM private key from {}: {e}", tls.key.display()),
+            format!(
+                "cannot read a PEM private key from {}: {e}",
+                tls.key.display()
+            ),
         )
     })?;
-    let info = cert_info(&certs[0]).map_err(|m| err("cert", format!("{}: {m}", tls.cert.display())))?;
+    let info =
+        cert_info(&certs[0]).map_err(|m| err("cert", format!("{}: {m}", tls.cert.display())))?;
     let now = SystemTime::now();
     if info.not_after <= now {
         return Err(err(
@@ -132,7 +139,8 @@ pub fn dev_cert(hosts: &[String], days: u32) -> Result<(String, String), String>
             names.push(extra.to_owned());
         }
     }
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| format!("bad host name: {e}"))?;
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| format!("bad host name: {e}"))?;
     let today = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
@@ -143,9 +151,10 @@ pub fn dev_cert(hosts: &[String], days: u32) -> Result<(String, String), String>
     };
     params.not_before = ymd(today - 1);
     params.not_after = ymd(today + i64::from(days));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("localhost"),
+    );
     let key = rcgen::KeyPair::generate().map_err(|e| format!("key generation failed: {e}"))?;
     let cert = params
         .self_signed(&key)
@@ -169,7 +178,10 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
 
 /// `2026-11-25` for messages.
 pub fn httpdate(t: SystemTime) -> String {
-    let days = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    let days = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }

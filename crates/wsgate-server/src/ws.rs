@@ -62,7 +62,9 @@ enum Out {
 pub fn close_for(e: &WebSocketError) -> Option<(u16, String)> {
     match e {
         WebSocketError::InvalidUTF8 => Some((1007, "invalid UTF-8 in a text message".into())),
-        WebSocketError::FrameTooLarge => Some((1009, "frame larger than the server's limit".into())),
+        WebSocketError::FrameTooLarge => {
+            Some((1009, "frame larger than the server's limit".into()))
+        }
         WebSocketError::UnexpectedEOF
         | WebSocketError::IoError(_)
         | WebSocketError::ConnectionClosed
@@ -101,11 +103,19 @@ impl Assembler {
 
     /// Feeds a data frame; returns a message when one is complete, or the close to send.
     pub fn push(&mut self, frame: Frame<'static>) -> Result<Option<Message>, (u16, String)> {
-        let too_big = |n: usize, max: usize| (1009, format!("message of {n}+ bytes exceeds the limit of {max}"));
+        let too_big = |n: usize, max: usize| {
+            (
+                1009,
+                format!("message of {n}+ bytes exceeds the limit of {max}"),
+            )
+        };
         match frame.opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
-                    return Err((1002, "a new message started before the fragmented one ended".into()));
+                    return Err((
+                        1002,
+                        "a new message started before the fragmented one ended".into(),
+                    ));
                 }
                 let payload = into_bytes(frame.payload);
                 if payload.len() > self.max {
@@ -129,7 +139,10 @@ impl Assembler {
             }
             OpCode::Continuation => {
                 let Some(p) = self.partial.as_mut() else {
-                    return Err((1002, "a continuation frame with no message to continue".into()));
+                    return Err((
+                        1002,
+                        "a continuation frame with no message to continue".into(),
+                    ));
                 };
                 if p.buf.len() + frame.payload.len() > self.max {
                     return Err(too_big(p.buf.len() + frame.payload.len(), self.max));
@@ -221,7 +234,11 @@ pub async fn run_local(
         let obligations = tx.clone();
         let mut send = move |f: Frame<'static>| {
             let tx = obligations.clone();
-            async move { tx.send(Out::Frame(f)).await.map_err(|_| "writer gone".to_owned()) }
+            async move {
+                tx.send(Out::Frame(f))
+                    .await
+                    .map_err(|_| "writer gone".to_owned())
+            }
         };
         loop {
             let frame = match timeout(limits.idle_timeout, reader.read_frame(&mut send)).await {
@@ -336,7 +353,9 @@ async fn close_handshake(reader: impl Future<Output = ()>, writer: impl Future<O
     }
 }
 
-async fn recv_broadcast(inbox: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<Broadcast>> {
+async fn recv_broadcast(
+    inbox: &mut Option<mpsc::Receiver<Arc<Broadcast>>>,
+) -> Option<Arc<Broadcast>> {
     match inbox {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -356,7 +375,6 @@ pub fn truncate(reason: &str) -> &str {
     &reason[..end]
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,36 +386,86 @@ mod tests {
     #[test]
     fn fragments_reassemble_and_respect_the_limit() {
         let mut a = Assembler::new(10);
-        assert!(a.push(frame(false, OpCode::Binary, b"abcd")).unwrap().is_none());
-        let m = a.push(frame(true, OpCode::Continuation, b"efg")).unwrap().unwrap();
+        assert!(a
+            .push(frame(false, OpCode::Binary, b"abcd"))
+            .unwrap()
+            .is_none());
+        let m = a
+            .push(frame(true, OpCode::Continuation, b"efg"))
+            .unwrap()
+            .unwrap();
         assert_eq!(&m.payload[..], b"abcdefg");
-        assert!(a.push(frame(false, OpCode::Binary, b"abcdef")).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"ghijk")).unwrap_err().0, 1009);
+        assert!(a
+            .push(frame(false, OpCode::Binary, b"abcdef"))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"ghijk"))
+                .unwrap_err()
+                .0,
+            1009
+        );
         let mut a = Assembler::new(10);
-        assert_eq!(a.push(frame(true, OpCode::Text, b"0123456789a")).unwrap_err().0, 1009);
+        assert_eq!(
+            a.push(frame(true, OpCode::Text, b"0123456789a"))
+                .unwrap_err()
+                .0,
+            1009
+        );
     }
 
     #[test]
     fn utf8_split_across_fragments_is_fine_and_invalid_fails_fast() {
         let euro = "€".as_bytes(); // 3 bytes
         let mut a = Assembler::new(100);
-        assert!(a.push(frame(false, OpCode::Text, &euro[..1])).unwrap().is_none());
-        assert!(a.push(frame(false, OpCode::Continuation, &euro[1..2])).unwrap().is_none());
-        let m = a.push(frame(true, OpCode::Continuation, &euro[2..])).unwrap().unwrap();
+        assert!(a
+            .push(frame(false, OpCode::Text, &euro[..1]))
+            .unwrap()
+            .is_none());
+        assert!(a
+            .push(frame(false, OpCode::Continuation, &euro[1..2]))
+            .unwrap()
+            .is_none());
+        let m = a
+            .push(frame(true, OpCode::Continuation, &euro[2..]))
+            .unwrap()
+            .unwrap();
         assert_eq!(&m.payload[..], euro);
         let mut a = Assembler::new(100);
-        assert_eq!(a.push(frame(false, OpCode::Text, b"ok\xff")).unwrap_err().0, 1007);
+        assert_eq!(
+            a.push(frame(false, OpCode::Text, b"ok\xff")).unwrap_err().0,
+            1007
+        );
         let mut a = Assembler::new(100);
-        assert!(a.push(frame(false, OpCode::Text, &euro[..2])).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"")).unwrap_err().0, 1007);
+        assert!(a
+            .push(frame(false, OpCode::Text, &euro[..2]))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b""))
+                .unwrap_err()
+                .0,
+            1007
+        );
     }
 
     #[test]
     fn continuation_rules() {
         let mut a = Assembler::new(100);
-        assert_eq!(a.push(frame(true, OpCode::Continuation, b"x")).unwrap_err().0, 1002);
-        assert!(a.push(frame(false, OpCode::Binary, b"x")).unwrap().is_none());
-        assert_eq!(a.push(frame(true, OpCode::Binary, b"y")).unwrap_err().0, 1002);
+        assert_eq!(
+            a.push(frame(true, OpCode::Continuation, b"x"))
+                .unwrap_err()
+                .0,
+            1002
+        );
+        assert!(a
+            .push(frame(false, OpCode::Binary, b"x"))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            a.push(frame(true, OpCode::Binary, b"y")).unwrap_err().0,
+            1002
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use wsgate_server::config::{Config, Explain, LogFormat, RouteKind};
 use wsgate_server::{preflight, Server};
 
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "A WebSocket gateway that explains every refusal")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A WebSocket gateway that explains every refusal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,11 +110,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         Some("off") => config.admin = None,
         Some(a) => match a.parse() {
             Ok(addr) => config.admin = Some(addr),
-            Err(_) => return fail(&format!("--admin {a:?} is not an address like 127.0.0.1:9090, nor `off`")),
+            Err(_) => {
+                return fail(&format!(
+                    "--admin {a:?} is not an address like 127.0.0.1:9090, nor `off`"
+                ))
+            }
         },
     }
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
@@ -149,12 +160,19 @@ async fn stop_signal() {
 }
 
 fn banner(config: &Config, server: &Server) {
-    println!("wsgate {} serving (config: {})", env!("CARGO_PKG_VERSION"), config.source);
+    println!(
+        "wsgate {} serving (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
     let mut first_echo = None;
     for (l, bound) in config.listeners.iter().zip(server.listeners()) {
         let scheme = if bound.tls { "wss" } else { "ws" };
         let base = format!("{scheme}://{}", bound.address);
-        println!("listening {base} (refusals explained: {})", explain_name(l.explain));
+        println!(
+            "listening {base} (refusals explained: {})",
+            explain_name(l.explain)
+        );
         for r in &config.routes {
             let example = r.path.replace("{room}", "lobby");
             println!("  {:<8} {base}{}", kind_name(r.kind), example);
@@ -186,13 +204,21 @@ fn check(args: ConfigArg) -> ExitCode {
     println!("{}: OK", config.source);
     for (i, (l, cert)) in config.listeners.iter().zip(certs).enumerate() {
         let scheme = if l.tls.is_some() { "wss" } else { "ws" };
-        print!("listener[{i}] {scheme}://{} explain={}", l.address, explain_name(l.explain));
+        print!(
+            "listener[{i}] {scheme}://{} explain={}",
+            l.address,
+            explain_name(l.explain)
+        );
         if let Some(c) = cert {
             print!(
                 " certificate {} valid until {}{}",
                 c.subject,
                 wsgate_server::tls::httpdate(c.not_after),
-                if c.expires_soon { " (EXPIRES WITHIN 14 DAYS)" } else { "" }
+                if c.expires_soon {
+                    " (EXPIRES WITHIN 14 DAYS)"
+                } else {
+                    ""
+                }
             );
         }
         println!();
@@ -221,7 +247,11 @@ fn check(args: ConfigArg) -> ExitCode {
             print!(
                 " subprotocols={:?}{}",
                 r.subprotocols,
-                if r.subprotocol_required { " (required)" } else { "" }
+                if r.subprotocol_required {
+                    " (required)"
+                } else {
+                    ""
+                }
             );
         }
         if r.kind == RouteKind::Channel {
@@ -247,9 +277,21 @@ fn cert_dev(hosts: &[String], out: &std::path::Path, days: u32) -> ExitCode {
     if let Err(e) = write_private(&kp, key.as_bytes()) {
         return fail(&format!("cannot write {}: {e}", kp.display()));
     }
-    println!("wrote {} and {} (self-signed, {days} days, for {})", cp.display(), kp.display(), hosts.join(", "));
-    println!("use them in a listener:\n  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"", cp.display(), kp.display());
-    println!("clients must trust cert.pem, e.g. `python3 -m websockets` with SSL_CERT_FILE={}", cp.display());
+    println!(
+        "wrote {} and {} (self-signed, {days} days, for {})",
+        cp.display(),
+        kp.display(),
+        hosts.join(", ")
+    );
+    println!(
+        "use them in a listener:\n  [listener.tls]\n  cert = \"{}\"\n  key = \"{}\"",
+        cp.display(),
+        kp.display()
+    );
+    println!(
+        "clients must trust cert.pem, e.g. `python3 -m websockets` with SSL_CERT_FILE={}",
+        cp.display()
+    );
     ExitCode::SUCCESS
 }
 
@@ -273,7 +315,9 @@ fn init_logging(config: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.logging.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.logging.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),

@@ -1,0 +1,82 @@
+// Node `ws` peer for wsgate's integration tests. Usage: node client.js MODE URL...
+//   echo URL                text and binary round trips, 1 byte to 1 MiB
+//   chat URL_A URL_B URL_C  A and B share a room, C is elsewhere: each sees only its room
+//   hold URL                connect, print "open", then print the close code and reason as JSON
+'use strict';
+const WebSocket = require('ws');
+
+function open(url, protocols) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, protocols);
+    ws.once('open', () => resolve(ws));
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`refused: ${res.statusCode} ${res.headers['wsgate-reason']}`)));
+    ws.once('error', reject);
+  });
+}
+
+// Every message is queued as it arrives, so none is lost between two awaits.
+function inbox(ws) {
+  const queue = [];
+  const waiters = [];
+  ws.on('message', (data, isBinary) => {
+    const m = { data, isBinary };
+    if (waiters.length) waiters.shift().resolve(m); else queue.push(m);
+  });
+  ws.on('close', (code) => { while (waiters.length) waiters.shift().reject(new Error(`closed ${code}`)); });
+  return () => (queue.length ? Promise.resolve(queue.shift()) : new Promise((resolve, reject) => waiters.push({ resolve, reject })));
+}
+
+async function echo(url) {
+  const ws = await open(url);
+  const next = inbox(ws);
+  const text = 'héllo ✓';
+  ws.send(text);
+  let m = await next();
+  if (m.isBinary || m.data.toString() !== text) throw new Error('text echo mismatch');
+  for (const size of [1, 125, 126, 65535, 65536, 1 << 20]) {
+    const buf = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) buf[i] = (i * 31) & 0xff;
+    ws.send(buf);
+    m = await next();
+    if (!m.isBinary || !buf.equals(m.data)) throw new Error(`binary echo mismatch at ${size}`);
+  }
+  ws.close(1000);
+  console.log('echo ok');
+}
+
+async function chat(a, b, c) {
+  const [wa, wb, wc] = await Promise.all([open(a), open(b), open(c)]);
+  const [na, nb] = [inbox(wa), inbox(wb)];
+  let stray = null;
+  wc.on('message', (d) => { stray = d.toString(); });
+  wa.send('from A');
+  if ((await nb()).data.toString() !== 'from A') throw new Error('B did not get A');
+  // A also receives its own message (deliver_to_sender = true by default)
+  if ((await na()).data.toString() !== 'from A') throw new Error('A did not get its own message');
+  wb.send('from B');
+  if ((await na()).data.toString() !== 'from B') throw new Error('A did not get B');
+  await new Promise((r) => setTimeout(r, 300));
+  if (stray !== null) throw new Error(`another room received ${stray}`);
+  for (const w of [wa, wb, wc]) w.close(1000);
+  console.log('chat ok');
+}
+
+async function hold(url) {
+  const ws = await open(url);
+  console.log('open');
+  ws.on('close', (code, reason) => {
+    console.log(JSON.stringify({ code, reason: reason.toString() }));
+    process.exit(0);
+  });
+}
+
+const [mode, ...urls] = process.argv.slice(2);
+const run = { echo, chat, hold }[mode];
+if (!run) {
+  console.error(`unknown mode ${mode}`);
+  process.exit(2);
+}
+run(...urls).catch((e) => {
+  console.error(e.message);
+  process.exit(1);
+});
