@@ -194,6 +194,26 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// The answer to a client's close frame (RFC 6455 §5.5, §5.5.1, §7.4): echo a valid status code,
+/// or fail with 1002/1007 when the frame itself is malformed.
+fn close_reply(payload: &[u8]) -> Out {
+    match payload.len() {
+        0 => Out::Frame(Frame::close_raw(Payload::Owned(Vec::new()))),
+        1 => Out::Close(1002, "close frame with a 1-byte payload".into()),
+        n if n > 125 => Out::Close(1002, "control frame longer than 125 bytes".into()),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !fastwebsockets::CloseCode::from(code).is_allowed() {
+                Out::Close(1002, format!("close code {code} may not be sent"))
+            } else if std::str::from_utf8(&payload[2..]).is_err() {
+                Out::Close(1007, "close reason is not UTF-8".into())
+            } else {
+                Out::Frame(Frame::close(code, b""))
+            }
+        }
+    }
+}
+
 fn into_bytes(p: Payload<'_>) -> BytesMut {
     match p {
         Payload::Bytes(b) => b,
@@ -214,6 +234,8 @@ pub async fn run_local(
     let (r, w) = tokio::io::split(io);
     let (mut reader, mut writer) = fastwebsockets::after_handshake_split(r, w, Role::Server);
     reader.set_max_message_size(limits.max_frame.saturating_add(1));
+    // Close frames are checked here rather than echoed blindly by the codec (see `close_reply`).
+    reader.set_auto_close(false);
     let (tx, mut rx) = mpsc::channel::<Out>(32);
 
     let (membership, mut inbox, deliver_to_sender) = match local {
@@ -255,7 +277,8 @@ pub async fn run_local(
                 Ok(Ok(f)) => owned(f),
             };
             if frame.opcode == OpCode::Close {
-                return; // the reply was queued by the codec (auto_close)
+                let _ = tx.send(close_reply(&frame.payload)).await;
+                return;
             }
             let msg = match asm.push(frame) {
                 Ok(Some(m)) => m,
