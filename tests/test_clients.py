@@ -141,6 +141,7 @@ def proxy_config(port, extra=""):
         upstream = "ws://127.0.0.1:{port}/socket"
         forward_headers = ["origin", "x-user"]
         connect_timeout = "2s"
+        origins = ["http://app.test"]
         {extra}
         """
     )

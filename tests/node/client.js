@@ -1,6 +1,7 @@
 // Node `ws` peer for wsgate's integration tests. Usage: node client.js MODE URL...
 //   echo URL                text and binary round trips, 1 byte to 1 MiB
 //   chat URL_A URL_B URL_C  A and B share a room, C is elsewhere: each sees only its room
+//   echo-proto URL P1,P2     echo with offered subprotocols; prints the selected one
 //   hold URL                connect, print "open", then print the close code and reason as JSON
 'use strict';
 const WebSocket = require('ws');
@@ -61,6 +62,16 @@ async function chat(a, b, c) {
   console.log('chat ok');
 }
 
+async function echoProto(url, protocols) {
+  // What a browser does: a token rides in Sec-WebSocket-Protocol next to the real subprotocol.
+  const ws = await open(url, protocols.split(','));
+  const next = inbox(ws);
+  ws.send('via subprotocol');
+  if ((await next()).data.toString() !== 'via subprotocol') throw new Error('echo mismatch');
+  console.log(`protocol ${ws.protocol}`);
+  ws.close(1000);
+}
+
 async function hold(url) {
   const ws = await open(url);
   console.log('open');
@@ -71,7 +82,7 @@ async function hold(url) {
 }
 
 const [mode, ...urls] = process.argv.slice(2);
-const run = { echo, chat, hold }[mode];
+const run = { echo, chat, hold, 'echo-proto': echoProto }[mode];
 if (!run) {
   console.error(`unknown mode ${mode}`);
   process.exit(2);

@@ -102,6 +102,34 @@ catalog! {
         operator: "Add the client's subprotocol to the route's `subprotocols`, or set `subprotocol_required = false` if the route can work without one.",
         client: "Offer one of the route's subprotocols (the refusal detail lists them), or none if the route allows it.",
     },
+    /// The page's origin is not on the route's allowlist.
+    OriginNotAllowed => {
+        code: "origin.not_allowed", status: 403,
+        message: "The web page's origin (the Origin header) is not allowed to open WebSockets on this route.",
+        operator: "Add the page's exact origin (scheme, host and port, e.g. `https://app.example.com`) to the route's `origins`; the log line names the origin received and the nearest allowed entry.",
+        client: "Load the page from an allowed origin; a different port or http instead of https is a different origin.",
+    },
+    /// The route admits browsers only and the request had no Origin.
+    OriginMissing => {
+        code: "origin.missing", status: 403,
+        message: "The request has no Origin header and this route admits browser pages only.",
+        operator: "Set `allow_missing_origin = true` on the route if non-browser clients should connect.",
+        client: "Connect from a web page, or send the Origin of an allowed page.",
+    },
+    /// No credential was found in any of the route's credential sources.
+    AuthMissing => {
+        code: "auth.missing", status: 401,
+        message: "The route requires a credential and none was found in the places it looks.",
+        operator: "Check the route's `auth.sources`; browsers cannot set `Authorization` on a WebSocket, so offer a cookie, query or subprotocol source to browser clients.",
+        client: "Send the credential in one of the route's sources: `Authorization: Bearer`, the configured cookie, `?access_token=` or a subprotocol entry with the configured prefix (browsers: use the cookie, query or subprotocol).",
+    },
+    /// A credential was found but is not valid.
+    AuthInvalid => {
+        code: "auth.invalid", status: 401,
+        message: "The credential the client presented is not valid for this route.",
+        operator: "Check that the key or token the client uses is configured (`auth.api_keys` holds SHA-256 digests: `printf %s KEY | sha256sum`).",
+        client: "Use a current credential for this server; check for truncation or a stray space.",
+    },
     /// The server is at its configured connection cap.
     LimitConnections => {
         code: "limit.connections", status: 503,

@@ -148,7 +148,30 @@ struct RawRoute {
     #[serde(default)]
     forward_headers: Vec<String>,
     connect_timeout: Option<String>,
+    origins: Option<Vec<String>>,
+    allow_missing_origin: Option<bool>,
+    auth: Option<RawAuth>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    sources: Option<Vec<String>>,
+    #[serde(default)]
+    api_keys: Vec<RawApiKey>,
+    #[serde(default)]
+    dev_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    name: String,
+    sha256: String,
+}
+
+/// Credential sources used when a route's `auth` names none: the ones that never land in URLs.
+pub const DEFAULT_SOURCES: &[&str] = &["bearer", "cookie:wsgate_token", "subprotocol:token."];
 
 fn default_admin_address() -> String {
     "127.0.0.1:9090".to_owned()
@@ -172,6 +195,8 @@ pub struct Config {
     pub logging: Logging,
     /// Routes, matched in file order.
     pub routes: Vec<Route>,
+    /// A random token generated at start for routes with `auth.dev_token = true`.
+    pub dev_token: Option<String>,
 }
 
 /// A public listener.
@@ -243,6 +268,8 @@ pub struct Route {
     pub upstream: Option<Upstream>,
     /// Proxy routes: request headers copied from the client to the upstream handshake.
     pub forward_headers: Vec<http::HeaderName>,
+    /// The admission gates' settings for this route.
+    pub policy: wsgate_admission::Policy,
 }
 
 /// A proxy route's upstream WebSocket server.
@@ -433,6 +460,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         ));
     }
     let mut routes = Vec::new();
+    let mut dev_token = None;
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = |k: &str| format!("route[{i}].{k}");
         crate::routes::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
@@ -533,7 +561,20 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             }
             forward_headers.push(name);
         }
+        let origin = wsgate_admission::origin::OriginPolicy::parse(
+            r.origins.as_deref().unwrap_or(&["same-origin".to_owned()]),
+            r.allow_missing_origin.unwrap_or(true),
+        )
+        .map_err(|(j, m)| err(format!("route[{i}].origins[{j}]"), m))?;
+        let auth = match &r.auth {
+            None => None,
+            Some(a) => Some(
+                auth_policy(a, &mut dev_token)
+                    .map_err(|(k, m)| err(format!("route[{i}].auth.{k}"), m))?,
+            ),
+        };
         routes.push(Route {
+            policy: wsgate_admission::Policy { origin, auth },
             path: r.path,
             kind: r.kind,
             subprotocols: r.subprotocols,
@@ -550,7 +591,49 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         limits,
         logging,
         routes,
+        dev_token,
     })
+}
+
+fn auth_policy(
+    a: &RawAuth,
+    dev_token: &mut Option<String>,
+) -> Result<wsgate_admission::auth::AuthPolicy, (String, String)> {
+    use wsgate_admission::auth::{ApiKey, AuthPolicy, Source};
+    let names: Vec<String> = match &a.sources {
+        Some(s) if s.is_empty() => {
+            return Err((
+                "sources".into(),
+                "is empty: name at least one source, e.g. [\"bearer\"]".into(),
+            ))
+        }
+        Some(s) => s.clone(),
+        None => DEFAULT_SOURCES.iter().map(|s| s.to_string()).collect(),
+    };
+    let sources = names
+        .iter()
+        .enumerate()
+        .map(|(j, s)| Source::parse(s).map_err(|m| (format!("sources[{j}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut api_keys = a
+        .api_keys
+        .iter()
+        .enumerate()
+        .map(|(j, k)| {
+            ApiKey::from_hex(&k.name, &k.sha256).map_err(|m| (format!("api_keys[{j}].sha256"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.dev_token {
+        let token = dev_token.get_or_insert_with(crate::ids::dev_token);
+        api_keys.push(ApiKey::from_secret("dev", token));
+    }
+    if api_keys.is_empty() {
+        return Err((
+            "api_keys".into(),
+            "no verifier: add `api_keys = [{ name = \"ci\", sha256 = \"…\" }]` (printf %s KEY | sha256sum) or `dev_token = true`".into(),
+        ));
+    }
+    Ok(AuthPolicy { sources, api_keys })
 }
 
 fn default_explain(address: SocketAddr) -> Explain {

@@ -37,3 +37,13 @@ pub fn websocket_key() -> String {
     b[8..].copy_from_slice(&random_u64().to_le_bytes());
     B64.encode(b)
 }
+
+/// A development token: 24 random bytes, URL- and subprotocol-safe.
+pub fn dev_token() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut b = [0u8; 24];
+    for chunk in b.chunks_mut(8) {
+        chunk.copy_from_slice(&random_u64().to_le_bytes());
+    }
+    URL_SAFE_NO_PAD.encode(b)
+}

@@ -82,6 +82,18 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
+        Reason::AuthMissing => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate\""),
+            );
+        }
+        Reason::AuthInvalid => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate\", error=\"invalid_token\""),
+            );
+        }
         _ => {}
     }
     if reason.is_retryable() {

@@ -272,6 +272,7 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
                 shared: shared.clone(),
                 peer,
                 explain,
+                tls: tls.is_some(),
                 track,
             });
             match tls {
@@ -296,6 +297,7 @@ struct ConnCtx {
     shared: Arc<Shared>,
     peer: SocketAddr,
     explain: Explain,
+    tls: bool,
     /// Held while the connection (and any WebSocket it becomes) lives, for the drain.
     track: mpsc::Sender<()>,
 }
@@ -386,16 +388,28 @@ async fn handle(
         Ok(hs) => hs,
         Err(r) => return Ok(refuse(r.reason, r.detail)),
     };
-    let mut subprotocol =
-        select_subprotocol(&hs.subprotocols, &route.subprotocols).map(str::to_owned);
+    let admitted = match route.policy.admit(&wsgate_admission::Request {
+        tls: ctx.tls,
+        host: &hs.host,
+        origin: hs.origin.as_deref(),
+        headers: req.headers(),
+        query: req.uri().query(),
+        subprotocols: &hs.subprotocols,
+    }) {
+        Ok(a) => a,
+        Err(r) => return Ok(refuse(r.reason, r.detail)),
+    };
+    // A credential carried as a subprotocol has been removed: only real subprotocols remain.
+    let offered = &admitted.subprotocols;
+    let mut subprotocol = select_subprotocol(offered, &route.subprotocols).map(str::to_owned);
     if route.kind != RouteKind::Proxy || !route.subprotocols.is_empty() {
-        if subprotocol.is_none() && !hs.subprotocols.is_empty() {
+        if subprotocol.is_none() && !offered.is_empty() {
             // The offered names are not shown: clients sometimes carry tokens in this header.
             return Ok(refuse(
                 Reason::SubprotocolUnsupported,
                 format!(
                     "the client offered {} subprotocol(s), none of which the route supports; it supports {:?}",
-                    hs.subprotocols.len(),
+                    offered.len(),
                     route.subprotocols
                 ),
             ));
@@ -422,13 +436,13 @@ async fn handle(
 
     let upstream = match (&route.kind, &route.upstream) {
         (RouteKind::Proxy, Some(up)) => {
-            let offered: Vec<String> = if route.subprotocols.is_empty() {
-                hs.subprotocols.clone()
+            let upstream_offer: Vec<String> = if route.subprotocols.is_empty() {
+                offered.clone()
             } else {
                 subprotocol.iter().cloned().collect()
             };
             let fwd = proxy::Forward {
-                subprotocols: &offered,
+                subprotocols: &upstream_offer,
                 headers: forwarded_headers(req.headers(), &route.forward_headers),
                 peer: ctx.peer,
                 request_id: &request_id,
@@ -516,7 +530,14 @@ async fn handle(
         .metrics
         .handshake_seconds
         .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(request_id = %request_id, peer = %ctx.peer, route = %route.path, subprotocol = subprotocol.as_deref().unwrap_or("-"), "handshake admitted");
+    tracing::debug!(
+        request_id = %request_id,
+        peer = %ctx.peer,
+        route = %route.path,
+        subprotocol = subprotocol.as_deref().unwrap_or("-"),
+        identity = admitted.identity.as_ref().map(|i| i.name.as_str()).unwrap_or("-"),
+        "handshake admitted"
+    );
     Ok(resp)
 }
 

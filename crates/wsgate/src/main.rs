@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use wsgate_admission::auth::Source;
 use wsgate_reasons::Reason;
 use wsgate_server::config::{Config, Explain, LogFormat, RouteKind};
 use wsgate_server::{preflight, Server};
@@ -190,6 +191,28 @@ fn banner(config: &Config, server: &Server) {
         let http = url.replacen("ws", "http", 1);
         println!("     curl -i {http}   (a plain HTTP request: see how a refusal explains itself)");
     }
+    if let Some(token) = &config.dev_token {
+        println!("development token: {token}");
+        let base = server
+            .listeners()
+            .first()
+            .map(|b| format!("{}://{}", if b.tls { "wss" } else { "ws" }, b.address));
+        for r in config.routes.iter().filter(|r| {
+            r.policy
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.api_keys.iter().any(|k| k.name == "dev"))
+        }) {
+            let path = r.path.replace("{room}", "lobby");
+            let sources = r.policy.auth.iter().flat_map(|a| a.sources.iter());
+            for source in sources {
+                if let (Source::Query(name), Some(base)) = (source, &base) {
+                    println!("try: python3 -m websockets '{base}{path}?{name}={token}'");
+                }
+            }
+        }
+        println!("     (the token changes at every start; routes with `auth.dev_token = true` accept it)");
+    }
 }
 
 fn check(args: ConfigArg) -> ExitCode {
@@ -258,6 +281,31 @@ fn check(args: ConfigArg) -> ExitCode {
             print!(" deliver_to_sender={}", r.deliver_to_sender);
         }
         println!();
+        // The effective policy, in the order the gates run.
+        let origins: Vec<String> = r
+            .policy
+            .origin
+            .allow
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        println!(
+            "  origin: allow {:?}; without Origin: {}",
+            origins,
+            if r.policy.origin.allow_missing {
+                "admitted"
+            } else {
+                "refused (origin.missing)"
+            }
+        );
+        match &r.policy.auth {
+            None => println!("  auth: none (anonymous clients admitted)"),
+            Some(a) => {
+                let sources: Vec<String> = a.sources.iter().map(source_name).collect();
+                let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
+                println!("  auth: sources {sources:?} in that order; api keys {keys:?}");
+            }
+        }
     }
     ExitCode::SUCCESS
 }
@@ -321,6 +369,15 @@ fn init_logging(config: &Config) {
     match config.logging.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn source_name(s: &Source) -> String {
+    match s {
+        Source::Bearer => "bearer".into(),
+        Source::Query(n) => format!("query:{n}"),
+        Source::Cookie(n) => format!("cookie:{n}"),
+        Source::Subprotocol(p) => format!("subprotocol:{p}"),
     }
 }
 

@@ -1,0 +1,383 @@
+//! The authentication gate: find the client's credential in one of the configured places, then
+//! verify it. Browsers cannot set `Authorization` on a WebSocket, which is why a cookie, a query
+//! parameter and a `Sec-WebSocket-Protocol` entry are sources too.
+//!
+//! Verifiers built so far: static API keys, stored only as SHA-256 digests and compared in
+//! constant time. A credential never appears in a refusal detail or a log line.
+
+use crate::{Reason, Refusal, Request};
+use http::header::{AUTHORIZATION, COOKIE};
+use ring::digest::{digest, SHA256};
+
+/// Where a credential may be carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `Authorization: Bearer TOKEN` (non-browser clients).
+    Bearer,
+    /// `?NAME=TOKEN` in the URL (lands in proxies' access logs: prefer the others).
+    Query(String),
+    /// A cookie `NAME=TOKEN` (browsers send it on the handshake).
+    Cookie(String),
+    /// An offered subprotocol `PREFIXTOKEN`; it is removed before subprotocol selection.
+    Subprotocol(String),
+}
+
+impl Source {
+    /// Parses `bearer`, `query:NAME`, `cookie:NAME` or `subprotocol:PREFIX`.
+    pub fn parse(s: &str) -> Result<Source, String> {
+        let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+        let need = |what: &str| -> Result<String, String> {
+            if arg.is_empty() {
+                Err(format!(
+                    "{s:?} needs a {what}, e.g. `{kind}:{}`",
+                    example(kind)
+                ))
+            } else {
+                Ok(arg.to_owned())
+            }
+        };
+        match kind {
+            "bearer" if arg.is_empty() => Ok(Source::Bearer),
+            "query" => need("parameter name").map(Source::Query),
+            "cookie" => need("cookie name").map(Source::Cookie),
+            "subprotocol" => need("prefix").map(Source::Subprotocol),
+            _ => Err(format!(
+                "{s:?} is not a credential source; use bearer, query:NAME, cookie:NAME or subprotocol:PREFIX"
+            )),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Source::Bearer => "bearer".into(),
+            Source::Query(n) => format!("query:{n}"),
+            Source::Cookie(n) => format!("cookie:{n}"),
+            Source::Subprotocol(p) => format!("subprotocol:{p}"),
+        }
+    }
+}
+
+fn example(kind: &str) -> &'static str {
+    match kind {
+        "query" => "access_token",
+        "cookie" => "wsgate_token",
+        _ => "token.",
+    }
+}
+
+/// A static API key: its name (the identity) and the SHA-256 of the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Who holds it; becomes the identity.
+    pub name: String,
+    /// SHA-256 digest of the key; the key itself is never stored.
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// A key from its hex SHA-256 digest (`printf %s KEY | sha256sum`).
+    pub fn from_hex(name: &str, hex: &str) -> Result<ApiKey, String> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "sha256 must be 64 hex digits: the output of `printf %s KEY | sha256sum`".into(),
+            );
+        }
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(ApiKey {
+            name: name.to_owned(),
+            sha256,
+        })
+    }
+
+    /// A key from the secret itself (for a generated development token).
+    pub fn from_secret(name: &str, secret: &str) -> ApiKey {
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+        ApiKey {
+            name: name.to_owned(),
+            sha256,
+        }
+    }
+}
+
+/// The authentication gate's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Where to look, in order; the first source that carries a credential is the one verified.
+    pub sources: Vec<Source>,
+    /// Accepted API keys.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// Who an authenticated client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The API key's name (later: a JWT subject, a certificate subject).
+    pub name: String,
+    /// Which source carried the credential, e.g. `cookie:wsgate_token`.
+    pub source: String,
+}
+
+/// A credential found in a request, with the subprotocols that remain once it is removed.
+struct Found {
+    token: String,
+    source: String,
+    rest: Vec<String>,
+}
+
+impl AuthPolicy {
+    /// The authentication gate: 401 `auth.missing` without a credential, `auth.invalid` with a bad one.
+    pub fn authenticate(&self, req: &Request<'_>) -> Result<(Identity, Vec<String>), Refusal> {
+        let Some(found) = self.find(req) else {
+            let looked: Vec<String> = self.sources.iter().map(Source::label).collect();
+            return Err(Refusal::new(
+                Reason::AuthMissing,
+                format!(
+                    "no credential in any configured source ({})",
+                    looked.join(", ")
+                ),
+            ));
+        };
+        let presented = digest(&SHA256, found.token.as_bytes());
+        // Every key is compared, matching or not, so timing does not reveal which key is near.
+        let mut matched: Option<&ApiKey> = None;
+        for key in &self.api_keys {
+            if ct_eq(presented.as_ref(), &key.sha256) && matched.is_none() {
+                matched = Some(key);
+            }
+        }
+        match matched {
+            Some(key) => Ok((
+                Identity {
+                    name: key.name.clone(),
+                    source: found.source,
+                },
+                found.rest,
+            )),
+            None => Err(Refusal::new(
+                Reason::AuthInvalid,
+                format!(
+                    "the credential in {} matches no configured API key",
+                    found.source
+                ),
+            )),
+        }
+    }
+
+    fn find(&self, req: &Request<'_>) -> Option<Found> {
+        let plain = |token: String, s: &Source| Found {
+            token,
+            source: s.label(),
+            rest: req.subprotocols.to_vec(),
+        };
+        for s in &self.sources {
+            let found = match s {
+                Source::Bearer => req
+                    .headers
+                    .get_all(AUTHORIZATION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|v| {
+                        let (scheme, token) = v.trim().split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_owned())
+                    })
+                    .map(|t| plain(t, s)),
+                Source::Query(name) => req
+                    .query
+                    .and_then(|q| {
+                        q.split('&').find_map(|pair| {
+                            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                            (percent_decode(k) == *name).then(|| percent_decode(v))
+                        })
+                    })
+                    .map(|t| plain(t, s)),
+                Source::Cookie(name) => req
+                    .headers
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|c| {
+                        let (k, v) = c.trim().split_once('=')?;
+                        (k == name).then(|| v.trim_matches('"').to_owned())
+                    })
+                    .map(|t| plain(t, s)),
+                Source::Subprotocol(prefix) => req
+                    .subprotocols
+                    .iter()
+                    .position(|p| p.starts_with(prefix.as_str()))
+                    .map(|i| {
+                        let mut rest = req.subprotocols.to_vec();
+                        let entry = rest.remove(i);
+                        Found {
+                            token: entry[prefix.len()..].to_owned(),
+                            source: s.label(),
+                            rest,
+                        }
+                    }),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+/// Constant-time equality of two digests.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Decodes `%XX` and `+` in a query component; malformed escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    const KEY: &str = "s3cret-key";
+
+    fn policy() -> AuthPolicy {
+        AuthPolicy {
+            sources: [
+                "bearer",
+                "cookie:wsgate_token",
+                "query:access_token",
+                "subprotocol:token.",
+            ]
+            .iter()
+            .map(|s| Source::parse(s).unwrap())
+            .collect(),
+            api_keys: vec![ApiKey::from_secret("ci", KEY)],
+        }
+    }
+
+    fn auth(
+        headers: &[(&'static str, &str)],
+        query: Option<&str>,
+        protos: &[&str],
+    ) -> Result<(Identity, Vec<String>), Refusal> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        let protos: Vec<String> = protos.iter().map(|s| s.to_string()).collect();
+        policy().authenticate(&Request {
+            tls: false,
+            host: "x",
+            origin: None,
+            headers: &h,
+            query,
+            subprotocols: &protos,
+        })
+    }
+
+    #[test]
+    fn every_source_finds_the_credential() {
+        let id = auth(&[("authorization", "Bearer s3cret-key")], None, &[])
+            .unwrap()
+            .0;
+        assert_eq!((id.name.as_str(), id.source.as_str()), ("ci", "bearer"));
+        let id = auth(&[("cookie", "a=b; wsgate_token=s3cret-key")], None, &[])
+            .unwrap()
+            .0;
+        assert_eq!(id.source, "cookie:wsgate_token");
+        let id = auth(&[], Some("x=1&access_token=s3cret%2Dkey"), &[])
+            .unwrap()
+            .0;
+        assert_eq!(id.source, "query:access_token");
+        let (id, rest) = auth(&[], None, &["chat.v1", "token.s3cret-key", "chat.v2"]).unwrap();
+        assert_eq!(id.source, "subprotocol:token.");
+        assert_eq!(
+            rest,
+            ["chat.v1", "chat.v2"],
+            "the token entry is removed, never selectable"
+        );
+    }
+
+    #[test]
+    fn missing_and_invalid_are_told_apart_and_never_show_the_token() {
+        let e = auth(&[], None, &["chat.v1"]).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthMissing);
+        let e = auth(&[("authorization", "Bearer wrong-token-value")], None, &[]).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthInvalid);
+        assert!(!e.detail.contains("wrong-token-value"));
+        let e = auth(&[("authorization", "Basic czNjcmV0LWtleQ==")], None, &[]).unwrap_err();
+        assert_eq!(
+            e.reason,
+            Reason::AuthMissing,
+            "only Bearer is a bearer credential"
+        );
+        // the first source that carries a credential is the one verified
+        let e = auth(
+            &[("authorization", "Bearer nope")],
+            Some("access_token=s3cret-key"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, Reason::AuthInvalid);
+    }
+
+    #[test]
+    fn sources_and_keys_parse_with_helpful_errors() {
+        assert!(Source::parse("query")
+            .unwrap_err()
+            .contains("query:access_token"));
+        assert!(Source::parse("header:x").is_err());
+        assert!(ApiKey::from_hex("a", "abc").is_err());
+        let k = ApiKey::from_hex("a", &"0f".repeat(32)).unwrap();
+        assert_eq!(k.sha256[0], 0x0f);
+        assert!(!format!("{k:?}").contains("15"), "digests are not printed");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}
