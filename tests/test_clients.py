@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import NODE_MODULES, ROOT, config, frame, handshake, raw, read_frame, require_tool, run_node, start_python
+from conftest import BIN, NODE_MODULES, ROOT, config, frame, handshake, raw, read_frame, require_tool, run_node, start_python
 
 SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
 
@@ -121,8 +121,8 @@ def test_channel_without_echo_to_sender(wsgate):
 def upstream(tmp_path):
     procs = []
 
-    def start(mode="echo"):
-        proc, port = start_python("ws_upstream.py", mode, tmp_path=tmp_path)
+    def start(mode="echo", *tls):
+        proc, port = start_python("ws_upstream.py", mode, *tls, tmp_path=tmp_path)
         procs.append(proc)
         return port
 
@@ -132,13 +132,13 @@ def upstream(tmp_path):
         p.wait()
 
 
-def proxy_config(port, extra=""):
+def proxy_config(port, extra="", scheme="ws", host="127.0.0.1"):
     return config(
         routes=f"""
         [[route]]
         path = "/ws/up"
         kind = "proxy"
-        upstream = "ws://127.0.0.1:{port}/socket"
+        upstream = "{scheme}://{host}:{port}/socket"
         forward_headers = ["origin", "x-user"]
         connect_timeout = "2s"
         origins = ["http://app.test"]
@@ -305,3 +305,27 @@ def test_graceful_shutdown_sends_1001_and_exits_0(wsgate):
     assert s.proc.wait(5) == 0
     assert time.time() - t0 < 3.5
     assert "all connections closed" in s.log()
+
+
+def test_proxy_to_a_wss_upstream_with_its_ca(wsgate, upstream, tmp_path):
+    out = subprocess.run([BIN, "cert", "dev", "--host", "localhost", "--out", str(tmp_path)], capture_output=True)
+    assert out.returncode == 0
+    port = upstream("echo", tmp_path / "cert.pem", tmp_path / "key.pem")
+    s = wsgate(proxy_config(port, scheme="wss", host="localhost", extra=f'upstream_ca = "{tmp_path / "cert.pem"}"'))
+
+    async def go():
+        async with connect(s.url + "/ws/up") as ws:
+            await ws.send("through tls")
+            assert await ws.recv() == "through tls"
+
+    run(go())
+
+
+def test_proxy_to_an_untrusted_wss_upstream_gives_502(wsgate, upstream, tmp_path):
+    out = subprocess.run([BIN, "cert", "dev", "--host", "localhost", "--out", str(tmp_path)], capture_output=True)
+    assert out.returncode == 0
+    port = upstream("echo", tmp_path / "cert.pem", tmp_path / "key.pem")
+    s = wsgate(proxy_config(port, scheme="wss", host="localhost"))  # no upstream_ca: not trusted
+    r = raw(s.port, handshake("/ws/up"))
+    assert r.status == 502 and r.header("wsgate-reason") == "upstream.unreachable"
+    assert "TLS handshake with upstream" in s.log()

@@ -186,3 +186,45 @@ def test_refusal_log_is_json_when_configured(wsgate):
     rec = json.loads(line)
     assert rec["code"] == "route.not_found" and rec["request_id"] == rid and rec["status"] == 404
     assert rec["detail"] and rec["peer"].startswith("127.0.0.1:")
+
+
+def test_handshake_arriving_while_draining_gets_503_server_draining(wsgate):
+    s = wsgate(config(limits='drain_timeout = "3s"\n'))
+    held = raw(s.port, handshake(), keep_open=True)  # an open WebSocket keeps the drain going
+    assert held.status == 101
+    late = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    req = handshake()
+    late.sendall(req[:20])  # the head is half sent when shutdown starts
+    time.sleep(0.2)
+    s.proc.send_signal(__import__("signal").SIGTERM)
+    time.sleep(0.3)
+    late.sendall(req[20:])
+    head = late.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 503")
+    assert "wsgate-reason: server.draining" in head and "retry-after: 5" in head
+    assert s.proc.wait(10) == 0
+
+
+def test_metrics_exposition(wsgate):
+    s = wsgate()
+    r = raw(s.port, handshake(), keep_open=True)
+    assert r.status == 101
+    deadline = time.time() + 5
+    while s.metric("wsgate_connections_open") != 1 and time.time() < deadline:
+        time.sleep(0.05)
+    text = s.metrics()
+    assert "wsgate_connections_open 1" in text
+    assert 'wsgate_handshakes_admitted_total{route="/ws/echo"} 1' in text
+    assert 'wsgate_handshakes_refused_total{code="origin.not_allowed"} 0' in text, "every code is exported"
+    assert "wsgate_handshake_duration_seconds_count 1" in text
+    for name in ("messages_in_total", "messages_out_total", "bytes_in_total", "bytes_out_total"):
+        assert f"wsgate_{name} " in text
+    r.sock.close()
+    deadline = time.time() + 5
+    while s.metric("wsgate_connections_open") != 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert s.metric("wsgate_connections_open") == 0
+    import urllib.request
+
+    with urllib.request.urlopen(s.admin + "/healthz", timeout=5) as h:
+        assert h.status == 200

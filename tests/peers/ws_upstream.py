@@ -1,12 +1,14 @@
 """An upstream WebSocket server for proxy tests, built on Python `websockets`.
 
-Usage: ws_upstream.py MODE   where MODE is `echo` (echoes, reports headers on request) or
-`refuse` (answers every handshake with 403). Prints `port N` once listening on 127.0.0.1.
+Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes, reports headers on request) or
+`refuse` (answers every handshake with 403); with CERT and KEY it serves wss://. Prints `port N` once
+listening on 127.0.0.1.
 """
 
 import asyncio
 import http
 import json
+import ssl
 import sys
 
 from websockets.asyncio.server import serve
@@ -24,7 +26,7 @@ def refuse(connection, request):
     return connection.respond(http.HTTPStatus.FORBIDDEN, "go away\n")
 
 
-async def main(mode):
+async def main(mode, cert=None, key=None):
     # Picks chat.v2 or chat.v1 when offered, and accepts clients that offer none.
     def select(connection, offered):
         return next((p for p in ("chat.v2", "chat.v1") if p in offered), None)
@@ -32,10 +34,14 @@ async def main(mode):
     kwargs = {"select_subprotocol": select}
     if mode == "refuse":
         kwargs["process_request"] = refuse
+    if cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        kwargs["ssl"] = ctx
     async with serve(echo, "127.0.0.1", 0, **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"port {port}", flush=True)
         await asyncio.get_running_loop().create_future()
 
 
-asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "echo"))
+asyncio.run(main(*(sys.argv[1:] or ["echo"])))
