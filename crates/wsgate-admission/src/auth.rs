@@ -48,11 +48,18 @@ impl Source {
     }
 
     fn label(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Source {
+    /// The configuration spelling, e.g. `cookie:wsgate_token`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Bearer => "bearer".into(),
-            Source::Query(n) => format!("query:{n}"),
-            Source::Cookie(n) => format!("cookie:{n}"),
-            Source::Subprotocol(p) => format!("subprotocol:{p}"),
+            Source::Bearer => f.write_str("bearer"),
+            Source::Query(n) => write!(f, "query:{n}"),
+            Source::Cookie(n) => write!(f, "cookie:{n}"),
+            Source::Subprotocol(p) => write!(f, "subprotocol:{p}"),
         }
     }
 }
@@ -306,6 +313,7 @@ mod tests {
         }
         let protos: Vec<String> = protos.iter().map(|s| s.to_string()).collect();
         policy().authenticate(&Request {
+            client: "127.0.0.1".parse().unwrap(),
             tls: false,
             host: "x",
             origin: None,

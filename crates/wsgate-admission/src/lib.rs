@@ -1,22 +1,28 @@
 //! The admission pipeline: the gates a valid WebSocket handshake passes before it is admitted.
 //!
 //! Gates run in a fixed order, cheapest and least revealing first (firewall → TLS identity → host →
-//! origin → authentication → authorization → limits; the gates built so far are [`origin`] and
-//! [`auth`]). Each gate is a module with its own configuration type and a pure check function, so the
+//! origin → authentication → authorization → limits; the gates built so far are [`firewall`],
+//! [`host`], [`origin`] and [`auth`]). Each gate is a module with its own configuration type and a pure check function, so the
 //! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
 //! [`Policy::admit`].
 
 pub mod auth;
+pub mod firewall;
+pub mod host;
 pub mod origin;
 
 pub use wsgate_handshake::Refusal;
 pub use wsgate_reasons::Reason;
 
 use http::HeaderMap;
+use std::net::IpAddr;
+use std::time::Instant;
 
 /// What the gates look at, gathered from the connection and the request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// The client address (the TCP peer, or what a trusted proxy said; see [`firewall::client_address`]).
+    pub client: IpAddr,
     /// `wss://` (TLS) or `ws://`, for same-origin checks.
     pub tls: bool,
     /// The `Host` header.
@@ -34,6 +40,10 @@ pub struct Request<'a> {
 /// The effective policy of one route on one listener.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// The route's own address rules (the global ones run before route lookup).
+    pub firewall: firewall::IpRules,
+    /// Which `Host` values the route answers to.
+    pub host: host::HostPolicy,
     /// Which page origins may open connections.
     pub origin: origin::OriginPolicy,
     /// Who must the client prove to be; `None` admits anonymous clients.
@@ -51,8 +61,10 @@ pub struct Admitted {
 }
 
 impl Policy {
-    /// Runs the gates in order; the first refusal wins.
+    /// Runs the route's gates in order; the first refusal wins.
     pub fn admit(&self, req: &Request<'_>) -> Result<Admitted, Refusal> {
+        self.firewall.check(req.client, "route")?;
+        self.host.check(req.host)?;
         self.origin.check(req)?;
         let (identity, subprotocols) = match &self.auth {
             Some(a) => {
@@ -65,5 +77,42 @@ impl Policy {
             identity,
             subprotocols,
         })
+    }
+}
+
+/// Gates that apply to every request on every route, run before the route is even looked up.
+#[derive(Debug, Default)]
+pub struct Global {
+    /// Address rules for everyone.
+    pub firewall: firewall::IpRules,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<firewall::Cidr>,
+    /// Temporary bans, if enabled.
+    pub bans: Option<firewall::Bans>,
+}
+
+impl Global {
+    /// The client address for a TCP peer and request headers.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> firewall::ClientAddress {
+        firewall::client_address(peer, headers, &self.trusted_proxies)
+    }
+
+    /// Bans first (cheapest, and a banned client learns nothing more), then the global rules.
+    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if let Some(b) = &self.bans {
+            b.check(client, now)?;
+        }
+        self.firewall.check(client, "global")
+    }
+
+    /// Counts a refusal towards a ban; true when it starts one. Refusals that are the server's
+    /// own condition (5xx) do not count against the client.
+    pub fn record_refusal(&self, client: IpAddr, reason: Reason, now: Instant) -> bool {
+        match &self.bans {
+            Some(b) if reason.status() < 500 && reason != Reason::FirewallBanned => {
+                b.record_refusal(client, now)
+            }
+            _ => false,
+        }
     }
 }

@@ -310,6 +310,7 @@ mod tests {
         let p = OriginPolicy::parse(&entries, true).unwrap();
         let headers = HeaderMap::new();
         p.check(&Request {
+            client: "127.0.0.1".parse().unwrap(),
             tls,
             host,
             origin,
@@ -405,6 +406,7 @@ mod tests {
         let p = OriginPolicy::parse(&["same-origin".into()], false).unwrap();
         let h = HeaderMap::new();
         let r = Request {
+            client: "127.0.0.1".parse().unwrap(),
             tls: false,
             host: "x",
             origin: None,

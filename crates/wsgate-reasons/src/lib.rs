@@ -102,6 +102,27 @@ catalog! {
         operator: "Add the client's subprotocol to the route's `subprotocols`, or set `subprotocol_required = false` if the route can work without one.",
         client: "Offer one of the route's subprotocols (the refusal detail lists them), or none if the route allows it.",
     },
+    /// The client address is denied, or not allowed, by the firewall rules.
+    FirewallIpDenied => {
+        code: "firewall.ip_denied", status: 403,
+        message: "The client's IP address is not allowed to connect.",
+        operator: "Check `firewall.allow`/`deny` (global) and the route's `firewall`; behind a proxy, list the proxy in `firewall.trusted_proxies` so the real client address is used instead of the proxy's.",
+        client: "Connect from an allowed network (VPN, office), or ask the operator to allow your address; the request id identifies the attempt.",
+    },
+    /// The client address is temporarily banned after repeated refusals.
+    FirewallBanned => {
+        code: "firewall.banned", status: 403,
+        message: "The client's IP address is temporarily banned after too many refused handshakes.",
+        operator: "The ban lifts by itself after `firewall.ban.duration`; if clients trip it by mistake, fix their configuration or raise `firewall.ban.after`.",
+        client: "Stop retrying, fix the cause of the earlier refusals (see their reason codes), and retry after the ban expires.",
+    },
+    /// The Host header is not one the server answers to.
+    HostNotAllowed => {
+        code: "host.not_allowed", status: 403,
+        message: "The Host header names a host this route does not serve (DNS-rebinding defence).",
+        operator: "Add the public host name (and port, if clients use one) to the route's `hosts`.",
+        client: "Connect using the server's documented host name, not an IP address or another name.",
+    },
     /// The page's origin is not on the route's allowlist.
     OriginNotAllowed => {
         code: "origin.not_allowed", status: 403,

@@ -78,6 +78,37 @@ struct RawConfig {
     logging: RawLogging,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    firewall: RawFirewall,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFirewall {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    ban: Option<RawBan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBan {
+    after: u32,
+    window: String,
+    duration: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouteFirewall {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +182,9 @@ struct RawRoute {
     origins: Option<Vec<String>>,
     allow_missing_origin: Option<bool>,
     auth: Option<RawAuth>,
+    firewall: Option<RawRouteFirewall>,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +231,19 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// A random token generated at start for routes with `auth.dev_token = true`.
     pub dev_token: Option<String>,
+    /// Global firewall rules, trusted proxies and bans.
+    pub firewall: Firewall,
+}
+
+/// The global firewall settings (each route may add its own rules).
+#[derive(Debug, Clone, Default)]
+pub struct Firewall {
+    /// Allow and deny lists for every route.
+    pub rules: wsgate_admission::firewall::IpRules,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<wsgate_admission::firewall::Cidr>,
+    /// Automatic temporary bans, if configured.
+    pub ban: Option<wsgate_admission::firewall::BanPolicy>,
 }
 
 /// A public listener.
@@ -459,6 +506,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             "no route: add `[[route]]` with `path = \"/ws/echo\"` and `kind = \"echo\"`".into(),
         ));
     }
+    let raw_firewall = raw.firewall;
     let mut routes = Vec::new();
     let mut dev_token = None;
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -566,6 +614,11 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             r.allow_missing_origin.unwrap_or(true),
         )
         .map_err(|(j, m)| err(format!("route[{i}].origins[{j}]"), m))?;
+        let fw = r.firewall.unwrap_or_default();
+        let firewall = wsgate_admission::firewall::IpRules::parse(&fw.allow, &fw.deny)
+            .map_err(|(k, m)| err(format!("route[{i}].firewall.{k}"), m))?;
+        let host = wsgate_admission::host::HostPolicy::parse(&r.hosts)
+            .map_err(|(j, m)| err(format!("route[{i}].hosts[{j}]"), m))?;
         let auth = match &r.auth {
             None => None,
             Some(a) => Some(
@@ -574,7 +627,12 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             ),
         };
         routes.push(Route {
-            policy: wsgate_admission::Policy { origin, auth },
+            policy: wsgate_admission::Policy {
+                firewall,
+                host,
+                origin,
+                auth,
+            },
             path: r.path,
             kind: r.kind,
             subprotocols: r.subprotocols,
@@ -592,6 +650,38 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         logging,
         routes,
         dev_token,
+        firewall: global_firewall(&raw_firewall)
+            .map_err(|(k, m)| err(format!("firewall.{k}"), m))?,
+    })
+}
+
+fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
+    use wsgate_admission::firewall::{BanPolicy, Cidr, IpRules};
+    let rules = IpRules::parse(&f.allow, &f.deny)?;
+    let trusted_proxies = f
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Cidr::parse(s).map_err(|m| (format!("trusted_proxies[{i}]"), m)))
+        .collect::<Result<_, _>>()?;
+    let ban = match &f.ban {
+        None => None,
+        Some(b) => {
+            if b.after == 0 {
+                return Err(("ban.after".into(), "must be at least 1".into()));
+            }
+            Some(BanPolicy {
+                after: b.after,
+                window: parse_duration(&b.window).map_err(|m| ("ban.window".to_owned(), m))?,
+                duration: parse_duration(&b.duration)
+                    .map_err(|m| ("ban.duration".to_owned(), m))?,
+            })
+        }
+    };
+    Ok(Firewall {
+        rules,
+        trusted_proxies,
+        ban,
     })
 }
 

@@ -10,7 +10,6 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -33,8 +32,8 @@ pub struct Forward<'a> {
     pub subprotocols: &'a [String],
     /// Headers copied from the client (the route's `forward_headers`).
     pub headers: HeaderMap,
-    /// The client's address, sent as `X-Forwarded-For`.
-    pub peer: SocketAddr,
+    /// The client's address (as the firewall judged it), sent as `X-Forwarded-For`.
+    pub client: std::net::IpAddr,
     /// Sent as `X-Request-Id`, so both sides' logs line up.
     pub request_id: &'a str,
 }
@@ -124,7 +123,7 @@ where
             h.insert(SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd.peer.ip().to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&fwd.client.to_string()) {
         h.insert("x-forwarded-for", v);
     }
     if let Ok(v) = HeaderValue::from_str(fwd.request_id) {

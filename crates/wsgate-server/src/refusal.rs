@@ -23,6 +23,8 @@ pub struct Context<'a> {
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The client address the gates judged (differs from the peer behind a trusted proxy).
+    pub client: std::net::IpAddr,
     /// The matched route pattern, if any.
     pub route: Option<&'a str>,
     /// The request path as received.
@@ -39,6 +41,7 @@ pub fn refuse(refusal: &Refusal, ctx: &Context<'_>, metrics: &Metrics) -> Respon
         target: "wsgate::refusal",
         request_id = ctx.request_id,
         peer = %ctx.peer,
+        client = %ctx.client,
         route = ctx.route.unwrap_or("-"),
         path = ctx.path,
         code = reason.code(),

@@ -55,6 +55,7 @@ struct Shared {
     open: AtomicUsize,
     draining: AtomicBool,
     next_conn: AtomicU64,
+    global: wsgate_admission::Global,
     shutdown: watch::Receiver<bool>,
     upstream_tls: Vec<Option<TlsConnector>>,
 }
@@ -175,6 +176,14 @@ impl Server {
         })?;
         let upstream_tls = upstream_connectors(&config)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let global = wsgate_admission::Global {
+            firewall: config.firewall.rules.clone(),
+            trusted_proxies: config.firewall.trusted_proxies.clone(),
+            bans: config
+                .firewall
+                .ban
+                .map(wsgate_admission::firewall::Bans::new),
+        };
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -184,6 +193,7 @@ impl Server {
                 open: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
+                global,
                 shutdown,
                 upstream_tls,
             }),
@@ -361,15 +371,18 @@ async fn handle(
     let request_id = ids::request_id();
     let path = req.uri().path().to_owned();
     let route_match = shared.router.find(&path);
+    let client = shared.global.client(ctx.peer.ip(), req.headers());
+    if client.ignored_headers {
+        tracing::debug!(
+            request_id = %request_id,
+            peer = %ctx.peer,
+            "Forwarded/X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored"
+        );
+    }
     let refuse = |reason: Reason, detail: String| {
         let refusal = Refusal::new(reason, detail);
-        refuse_with(
-            &refusal,
-            &ctx,
-            &request_id,
-            route_match.map(|(_, r)| r.path.as_str()),
-            &path,
-        )
+        let route = route_match.map(|(_, r)| r.path.as_str());
+        refuse_with(&refusal, &ctx, &request_id, client.ip, route, &path)
     };
 
     if shared.draining.load(Ordering::SeqCst) {
@@ -377,6 +390,9 @@ async fn handle(
             Reason::ServerDraining,
             "the server is draining for shutdown".into(),
         ));
+    }
+    if let Err(r) = shared.global.check(client.ip, Instant::now()) {
+        return Ok(refuse(r.reason, r.detail));
     }
     let Some((route_idx, route)) = route_match else {
         return Ok(refuse(
@@ -389,6 +405,7 @@ async fn handle(
         Err(r) => return Ok(refuse(r.reason, r.detail)),
     };
     let admitted = match route.policy.admit(&wsgate_admission::Request {
+        client: client.ip,
         tls: ctx.tls,
         host: &hs.host,
         origin: hs.origin.as_deref(),
@@ -444,7 +461,7 @@ async fn handle(
             let fwd = proxy::Forward {
                 subprotocols: &upstream_offer,
                 headers: forwarded_headers(req.headers(), &route.forward_headers),
-                peer: ctx.peer,
+                client: client.ip,
                 request_id: &request_id,
             };
             let tls = shared.upstream_tls.get(route_idx).and_then(Option::as_ref);
@@ -453,7 +470,7 @@ async fn handle(
                     subprotocol = conn.subprotocol.clone();
                     Some(conn)
                 }
-                Err(r) => return Ok(refuse_with(&r, &ctx, &request_id, Some(&route.path), &path)),
+                Err(r) => return Ok(refuse(r.reason, r.detail)),
             }
         }
         _ => None,
@@ -545,16 +562,26 @@ fn refuse_with(
     refusal: &Refusal,
     ctx: &ConnCtx,
     request_id: &str,
+    client: std::net::IpAddr,
     route: Option<&str>,
     path: &str,
 ) -> Response<Body> {
     let c = Context {
         request_id,
         peer: ctx.peer,
+        client,
         route,
         path,
         explain: ctx.explain,
     };
+    let now = Instant::now();
+    if ctx
+        .shared
+        .global
+        .record_refusal(client, refusal.reason, now)
+    {
+        tracing::warn!(request_id, client = %client, "client banned after repeated refused handshakes");
+    }
     refusal::refuse(refusal, &c, &ctx.shared.metrics)
 }
 

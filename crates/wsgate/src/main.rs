@@ -250,6 +250,25 @@ fn check(args: ConfigArg) -> ExitCode {
         Some(a) => println!("admin http://{a}/metrics"),
         None => println!("admin off"),
     }
+    let fw = &config.firewall;
+    if !fw.rules.is_empty() || !fw.trusted_proxies.is_empty() || fw.ban.is_some() {
+        let show = |v: &[wsgate_admission::firewall::Cidr]| {
+            v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+        };
+        print!(
+            "firewall allow={:?} deny={:?} trusted_proxies={:?}",
+            show(&fw.rules.allow),
+            show(&fw.rules.deny),
+            show(&fw.trusted_proxies)
+        );
+        if let Some(b) = fw.ban {
+            print!(
+                " ban after {} refusals in {:?} for {:?}",
+                b.after, b.window, b.duration
+            );
+        }
+        println!();
+    }
     let l = &config.limits;
     println!(
         "limits max_connections={} max_message_bytes={} max_frame_bytes={} handshake_timeout={:?} ping_interval={:?} idle_timeout={:?} drain_timeout={:?}",
@@ -282,6 +301,20 @@ fn check(args: ConfigArg) -> ExitCode {
         }
         println!();
         // The effective policy, in the order the gates run.
+        let p = &r.policy;
+        if !p.firewall.is_empty() {
+            let show = |v: &[wsgate_admission::firewall::Cidr]| {
+                v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+            };
+            println!(
+                "  firewall: allow {:?} deny {:?}",
+                show(&p.firewall.allow),
+                show(&p.firewall.deny)
+            );
+        }
+        if !p.host.allow.is_empty() {
+            println!("  host: {:?}", p.host.allow);
+        }
         let origins: Vec<String> = r
             .policy
             .origin
@@ -301,7 +334,7 @@ fn check(args: ConfigArg) -> ExitCode {
         match &r.policy.auth {
             None => println!("  auth: none (anonymous clients admitted)"),
             Some(a) => {
-                let sources: Vec<String> = a.sources.iter().map(source_name).collect();
+                let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
                 let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
                 println!("  auth: sources {sources:?} in that order; api keys {keys:?}");
             }
@@ -369,15 +402,6 @@ fn init_logging(config: &Config) {
     match config.logging.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
-    }
-}
-
-fn source_name(s: &Source) -> String {
-    match s {
-        Source::Bearer => "bearer".into(),
-        Source::Query(n) => format!("query:{n}"),
-        Source::Cookie(n) => format!("cookie:{n}"),
-        Source::Subprotocol(p) => format!("subprotocol:{p}"),
     }
 }
 

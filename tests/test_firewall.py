@@ -1,0 +1,107 @@
+"""The firewall and host gates against the real binary: allow/deny lists, trusted proxies and spoofed
+forwarding headers, automatic bans, and the Host allowlist."""
+
+import socket
+import time
+
+from conftest import config, handshake, raw
+
+
+def raw_from(source, port, data):
+    """Like conftest.raw, from another loopback source address (127.0.0.2, ...)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    s.sendall(data)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    head = buf.split(b"\r\n\r\n")[0].decode()
+    status = int(head.split()[1])
+    headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in head.split("\r\n")[1:] if ":" in l}
+    return status, headers
+
+
+ROUTES = """
+[[route]]
+path = "/ws/echo"
+kind = "echo"
+
+[[route]]
+path = "/ws/internal"
+kind = "echo"
+firewall = { allow = ["10.0.0.0/8"] }
+
+[[route]]
+path = "/ws/no-bad"
+kind = "echo"
+firewall = { deny = ["203.0.113.0/24"] }
+
+[[route]]
+path = "/ws/named"
+kind = "echo"
+hosts = ["gw.test"]
+"""
+
+
+def test_global_deny_wins(wsgate):
+    s = wsgate(config(routes=ROUTES).replace("[[route]]", '[firewall]\ndeny = ["127.0.0.2"]\nallow = ["127.0.0.0/8"]\n\n[[route]]', 1))
+    assert raw_from("127.0.0.1", s.port, handshake())[0] == 101
+    status, h = raw_from("127.0.0.2", s.port, handshake())
+    assert status == 403 and h["wsgate-reason"] == "firewall.ip_denied"
+    status, h = raw_from("127.0.0.2", s.port, handshake("/nope"))
+    assert status == 403, "the global firewall runs before route lookup: a denied client learns nothing"
+
+
+def test_route_allow_list(wsgate):
+    s = wsgate(config(routes=ROUTES))
+    r = raw(s.port, handshake("/ws/internal"))
+    assert r.status == 403 and r.header("wsgate-reason") == "firewall.ip_denied"
+    assert raw(s.port, handshake("/ws/echo")).status == 101
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(wsgate):
+    text = config(routes=ROUTES).replace("[[route]]", '[firewall]\ntrusted_proxies = ["127.0.0.1"]\n\n[[route]]', 1)
+    s = wsgate(text)
+    # from the trusted proxy, the real client 203.0.113.5 is judged: denied on /ws/no-bad
+    status, h = raw_from("127.0.0.1", s.port, handshake("/ws/no-bad", headers=[("X-Forwarded-For", "203.0.113.5")]))
+    assert status == 403 and h["wsgate-reason"] == "firewall.ip_denied"
+    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("Forwarded", 'for="10.1.2.3:999"')]))
+    assert status == 101
+    # a client prepending a fake internal address still is the right-most untrusted hop
+    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("X-Forwarded-For", "10.0.0.1, 198.51.100.1")]))
+    assert status == 403
+    # the same headers from an untrusted peer are ignored: it is judged as itself
+    status, _ = raw_from("127.0.0.3", s.port, handshake("/ws/internal", headers=[("X-Forwarded-For", "10.0.0.1")]))
+    assert status == 403
+    status, _ = raw_from("127.0.0.3", s.port, handshake("/ws/no-bad", headers=[("X-Forwarded-For", "203.0.113.5")]))
+    assert status == 101
+    assert 'client=203.0.113.5' in s.log()
+
+
+def test_repeated_refusals_ban_the_address(wsgate):
+    text = config(routes=ROUTES).replace(
+        "[[route]]", '[firewall.ban]\nafter = 3\nwindow = "1m"\nduration = "10m"\n\n[[route]]', 1
+    )
+    s = wsgate(text)
+    for _ in range(3):
+        assert raw_from("127.0.0.4", s.port, handshake("/probe"))[0] == 404
+    status, h = raw_from("127.0.0.4", s.port, handshake())
+    assert status == 403 and h["wsgate-reason"] == "firewall.banned"
+    assert raw_from("127.0.0.5", s.port, handshake())[0] == 101, "other addresses are not affected"
+    assert "client banned after repeated refused handshakes" in s.log()
+    assert s.metric("wsgate_handshakes_refused_total", code="firewall.banned") == 1
+
+
+def test_host_allowlist(wsgate):
+    s = wsgate(config(routes=ROUTES))
+    r = raw(s.port, handshake("/ws/named", host=f"127.0.0.1:{s.port}"))
+    assert r.status == 403 and r.header("wsgate-reason") == "host.not_allowed"
+    assert raw(s.port, handshake("/ws/named", host=f"gw.test:{s.port}")).status == 101
+    assert raw(s.port, handshake("/ws/named", host="GW.TEST")).status == 101
+    assert raw(s.port, handshake("/ws/named", host="gw.test.evil.net")).status == 403
