@@ -127,36 +127,44 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(async move {
+        let stop = stop_signal();
         let server = match Server::bind(config.clone()).await {
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
         banner(&config, &server);
-        server.run(stop_signal()).await;
+        server.run(stop).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn stop_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are registered when this is called, not when the
+/// future is first polled, so a signal that arrives right after start-up still drains gracefully.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
