@@ -2,8 +2,9 @@
 //! verify it. Browsers cannot set `Authorization` on a WebSocket, which is why a cookie, a query
 //! parameter and a `Sec-WebSocket-Protocol` entry are sources too.
 //!
-//! Verifiers built so far: static API keys, stored only as SHA-256 digests and compared in
-//! constant time. A credential never appears in a refusal detail or a log line.
+//! Verifiers built so far: JWTs ([`crate::jwt`]) and static API keys, stored only as SHA-256
+//! digests and compared in constant time. A credential never appears in a refusal detail or a log
+//! line.
 
 use crate::{Reason, Refusal, Request};
 use http::header::{AUTHORIZATION, COOKIE};
@@ -126,6 +127,8 @@ pub struct AuthPolicy {
     pub sources: Vec<Source>,
     /// Accepted API keys.
     pub api_keys: Vec<ApiKey>,
+    /// Accepted JWT issuers and their keys.
+    pub jwt: Vec<crate::jwt::JwtIssuer>,
 }
 
 /// Who an authenticated client is.
@@ -135,6 +138,8 @@ pub struct Identity {
     pub name: String,
     /// Which source carried the credential, e.g. `cookie:wsgate_token`.
     pub source: String,
+    /// A verified JWT's claims, for authorization rules.
+    pub claims: Option<serde_json::Value>,
 }
 
 /// A credential found in a request, with the subprotocols that remain once it is removed.
@@ -157,6 +162,27 @@ impl AuthPolicy {
                 ),
             ));
         };
+        if !self.jwt.is_empty()
+            && (crate::jwt::looks_like_jwt(&found.token) || self.api_keys.is_empty())
+        {
+            let claims = crate::jwt::verify(&self.jwt, &found.token).map_err(|mut r| {
+                r.detail = format!("{} (credential from {})", r.detail, found.source);
+                r
+            })?;
+            let name = claims
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .unwrap_or("jwt")
+                .to_owned();
+            return Ok((
+                Identity {
+                    name,
+                    source: found.source,
+                    claims: Some(claims),
+                },
+                found.rest,
+            ));
+        }
         let presented = digest(&SHA256, found.token.as_bytes());
         // Every key is compared, matching or not, so timing does not reveal which key is near.
         let mut matched: Option<&ApiKey> = None;
@@ -170,6 +196,7 @@ impl AuthPolicy {
                 Identity {
                     name: key.name.clone(),
                     source: found.source,
+                    claims: None,
                 },
                 found.rest,
             )),
@@ -299,6 +326,7 @@ mod tests {
             .map(|s| Source::parse(s).unwrap())
             .collect(),
             api_keys: vec![ApiKey::from_secret("ci", KEY)],
+            jwt: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod firewall;
 pub mod host;
+pub mod jwt;
 pub mod origin;
 
 pub use wsgate_handshake::Refusal;

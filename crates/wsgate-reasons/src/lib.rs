@@ -151,6 +151,13 @@ catalog! {
         operator: "Check that the key or token the client uses is configured (`auth.api_keys` holds SHA-256 digests: `printf %s KEY | sha256sum`).",
         client: "Use a current credential for this server; check for truncation or a stray space.",
     },
+    /// The credential was valid once but has expired.
+    AuthExpired => {
+        code: "auth.expired", status: 401,
+        message: "The client's token has expired.",
+        operator: "Nothing to change unless clocks are skewed: the route's `auth.jwt.leeway` allows for small clock differences.",
+        client: "Get a fresh token and reconnect; refresh tokens before `exp`, and reconnect with the new one.",
+    },
     /// The server is at its configured connection cap.
     LimitConnections => {
         code: "limit.connections", status: 503,

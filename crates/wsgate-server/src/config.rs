@@ -195,6 +195,24 @@ struct RawAuth {
     api_keys: Vec<RawApiKey>,
     #[serde(default)]
     dev_token: bool,
+    #[serde(default)]
+    jwt: Vec<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Vec<String>,
+    leeway: Option<String>,
+    require_exp: Option<bool>,
+    kid: Option<String>,
+    algorithms: Option<Vec<String>>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +361,11 @@ pub struct Upstream {
 impl Config {
     /// Parses and validates configuration text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, source, Path::new("."))
+    }
+
+    /// Parses configuration text whose relative file paths are relative to `base`.
+    fn parse_in(text: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
         let err = |key: String, message: String| ConfigError {
             file: source.to_owned(),
             key,
@@ -359,7 +382,7 @@ impl Config {
                 one_line(&e.into_inner().to_string()),
             )
         })?;
-        validate(raw, source)
+        validate(raw, source, base)
     }
 
     /// Reads and validates a configuration file.
@@ -370,9 +393,9 @@ impl Config {
             key: String::new(),
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        let mut cfg = Config::parse(&text, &source)?;
-        // Relative TLS paths are relative to the configuration file, not the working directory.
+        // Relative paths are relative to the configuration file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg = Config::parse_in(&text, &source, base)?;
         for l in &mut cfg.listeners {
             if let Some(tls) = &mut l.tls {
                 tls.cert = base.join(&tls.cert);
@@ -417,7 +440,7 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigError> {
     let err = |key: String, message: String| ConfigError {
         file: source.to_owned(),
         key,
@@ -622,7 +645,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         let auth = match &r.auth {
             None => None,
             Some(a) => Some(
-                auth_policy(a, &mut dev_token)
+                auth_policy(a, &mut dev_token, base)
                     .map_err(|(k, m)| err(format!("route[{i}].auth.{k}"), m))?,
             ),
         };
@@ -685,9 +708,85 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
     })
 }
 
+fn jwt_issuer(
+    j: &RawJwt,
+    base: &Path,
+) -> Result<wsgate_admission::jwt::JwtIssuer, (String, String)> {
+    use wsgate_admission::jwt::{parse_algorithms, JwtIssuer, JwtKey};
+    let read = |key: &str, p: &PathBuf| {
+        std::fs::read(base.join(p)).map_err(|e| {
+            (
+                key.to_owned(),
+                format!("cannot read {}: {e}", base.join(p).display()),
+            )
+        })
+    };
+    let algs = |default: Option<&str>| -> Result<_, (String, String)> {
+        let names = match (&j.algorithms, default) {
+            (Some(a), _) => a.clone(),
+            (None, Some(d)) => vec![d.to_owned()],
+            (None, None) => Vec::new(),
+        };
+        parse_algorithms(&names).map_err(|m| ("algorithms".to_owned(), m))
+    };
+    let given = [
+        j.secret.is_some(),
+        j.secret_file.is_some(),
+        j.public_key_file.is_some(),
+        j.jwks_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err((
+            String::new(),
+            "give exactly one of `secret`, `secret_file`, `public_key_file` (with `algorithms`) or `jwks_file`".into(),
+        ));
+    }
+    let keys = if let Some(s) = &j.secret {
+        vec![
+            JwtKey::secret(j.kid.clone(), s.as_bytes(), algs(Some("HS256"))?)
+                .map_err(|m| ("secret".to_owned(), m))?,
+        ]
+    } else if let Some(p) = &j.secret_file {
+        let bytes = read("secret_file", p)?;
+        let trimmed = bytes.trim_ascii_end();
+        vec![JwtKey::secret(j.kid.clone(), trimmed, algs(Some("HS256"))?)
+            .map_err(|m| ("secret_file".to_owned(), m))?]
+    } else if let Some(p) = &j.public_key_file {
+        let pem = read("public_key_file", p)?;
+        vec![JwtKey::public_pem(j.kid.clone(), &pem, algs(None)?)
+            .map_err(|m| ("public_key_file".to_owned(), m))?]
+    } else if let Some(p) = &j.jwks_file {
+        if j.algorithms.is_some() || j.kid.is_some() {
+            return Err((
+                "jwks_file".into(),
+                "takes `alg` and `kid` from each key of the JWKS; remove `algorithms`/`kid`".into(),
+            ));
+        }
+        let text = String::from_utf8(read("jwks_file", p)?)
+            .map_err(|_| ("jwks_file".to_owned(), "is not UTF-8 JSON".to_owned()))?;
+        JwtKey::jwks(&text).map_err(|m| ("jwks_file".to_owned(), m))?
+    } else {
+        Vec::new()
+    };
+    Ok(JwtIssuer {
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+        leeway: match &j.leeway {
+            None => 30,
+            Some(l) if l.trim() == "0s" => 0,
+            Some(l) => parse_duration(l)
+                .map_err(|m| ("leeway".to_owned(), m))?
+                .as_secs(),
+        },
+        require_exp: j.require_exp.unwrap_or(true),
+        keys,
+    })
+}
+
 fn auth_policy(
     a: &RawAuth,
     dev_token: &mut Option<String>,
+    base: &Path,
 ) -> Result<wsgate_admission::auth::AuthPolicy, (String, String)> {
     use wsgate_admission::auth::{ApiKey, AuthPolicy, Source};
     let names: Vec<String> = match &a.sources {
@@ -717,13 +816,32 @@ fn auth_policy(
         let token = dev_token.get_or_insert_with(crate::ids::dev_token);
         api_keys.push(ApiKey::from_secret("dev", token));
     }
-    if api_keys.is_empty() {
+    let jwt = a
+        .jwt
+        .iter()
+        .enumerate()
+        .map(|(j, raw)| {
+            jwt_issuer(raw, base).map_err(|(k, m)| {
+                let key = if k.is_empty() {
+                    format!("jwt[{j}]")
+                } else {
+                    format!("jwt[{j}].{k}")
+                };
+                (key, m)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if api_keys.is_empty() && jwt.is_empty() {
         return Err((
             "api_keys".into(),
-            "no verifier: add `api_keys = [{ name = \"ci\", sha256 = \"…\" }]` (printf %s KEY | sha256sum) or `dev_token = true`".into(),
+            "no verifier: add `api_keys = [{ name = \"ci\", sha256 = \"…\" }]` (printf %s KEY | sha256sum) or `dev_token = true`, or a `[[route.auth.jwt]]` issuer".into(),
         ));
     }
-    Ok(AuthPolicy { sources, api_keys })
+    Ok(AuthPolicy {
+        sources,
+        api_keys,
+        jwt,
+    })
 }
 
 fn default_explain(address: SocketAddr) -> Explain {

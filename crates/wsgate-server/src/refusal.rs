@@ -85,19 +85,16 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
-        Reason::AuthMissing => {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"wsgate\""),
-            );
-        }
-        Reason::AuthInvalid => {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"wsgate\", error=\"invalid_token\""),
-            );
-        }
         _ => {}
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750 §3: every 401 names the scheme; a presented but bad token says so.
+        let value = if reason == Reason::AuthMissing {
+            "Bearer realm=\"wsgate\""
+        } else {
+            "Bearer realm=\"wsgate\", error=\"invalid_token\""
+        };
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
     }
     if reason.is_retryable() {
         h.insert(
