@@ -155,3 +155,44 @@ def test_jwt_attacks(gate, name, token_fn, reason):
 def test_missing_token(gate):
     r = raw(gate.port, handshake("/ws/hs"))
     assert r.status == 401 and r.header("wsgate-reason") == "auth.missing"
+
+
+def test_authorization_by_channel_claim_claims_and_scopes(wsgate, tmp_path):
+    key_sha = hashlib.sha256(b"reader-key").hexdigest()
+    routes = f"""
+    [[route]]
+    path = "/ws/chat/{{room}}"
+    kind = "channel"
+    [route.auth]
+    api_keys = [{{ name = "reader", sha256 = "{key_sha}", scopes = ["chat:read"] }}]
+    [[route.auth.jwt]]
+    issuer = "{ISS}"
+    secret = "{SECRET}"
+    [route.authz]
+    channel = "chat:{{room}}"
+    channel_claim = "rooms"
+
+    [[route]]
+    path = "/ws/admin"
+    kind = "echo"
+    [route.auth]
+    api_keys = [{{ name = "reader", sha256 = "{key_sha}", scopes = ["chat:read"] }}]
+    [[route.auth.jwt]]
+    issuer = "{ISS}"
+    secret = "{SECRET}"
+    [route.authz]
+    require_claims = {{ role = "admin" }}
+    require_scopes = ["chat:write"]
+    """
+    s = wsgate(config(routes=routes))
+    member = hs(claims(rooms=["chat:team-*"], aud=None), kid=None)
+    assert status(s, "/ws/chat/team-a", member)[0] == 101
+    code, reason, r = status(s, "/ws/chat/lobby", member)
+    assert (code, reason) == (403, "authz.forbidden")
+    line = next(l for l in s.log().splitlines() if r.header("x-request-id") in l)
+    assert "rule channel" in line and "chat:lobby" in line
+    admin = hs(claims(role="admin", scope="chat:read chat:write", aud=None), kid=None)
+    assert status(s, "/ws/admin", admin)[0] == 101
+    assert status(s, "/ws/admin", hs(claims(role="user", scope="chat:write", aud=None), kid=None))[:2] == (403, "authz.forbidden")
+    code, reason, _ = status(s, "/ws/admin", "reader-key")
+    assert (code, reason) == (403, "authz.forbidden"), "the API key lacks role and chat:write"

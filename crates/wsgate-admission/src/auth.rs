@@ -80,6 +80,8 @@ pub struct ApiKey {
     pub name: String,
     /// SHA-256 digest of the key; the key itself is never stored.
     pub sha256: [u8; 32],
+    /// Scopes the key grants, for authorization rules.
+    pub scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -106,6 +108,7 @@ impl ApiKey {
         Ok(ApiKey {
             name: name.to_owned(),
             sha256,
+            scopes: Vec::new(),
         })
     }
 
@@ -116,6 +119,7 @@ impl ApiKey {
         ApiKey {
             name: name.to_owned(),
             sha256,
+            scopes: Vec::new(),
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct Identity {
     pub source: String,
     /// A verified JWT's claims, for authorization rules.
     pub claims: Option<serde_json::Value>,
+    /// Scopes granted to an API key.
+    pub scopes: Vec<String>,
 }
 
 /// A credential found in a request, with the subprotocols that remain once it is removed.
@@ -179,6 +185,7 @@ impl AuthPolicy {
                     name,
                     source: found.source,
                     claims: Some(claims),
+                    scopes: Vec::new(),
                 },
                 found.rest,
             ));
@@ -197,6 +204,7 @@ impl AuthPolicy {
                     name: key.name.clone(),
                     source: found.source,
                     claims: None,
+                    scopes: key.scopes.clone(),
                 },
                 found.rest,
             )),
@@ -348,6 +356,7 @@ mod tests {
             headers: &h,
             query,
             subprotocols: &protos,
+            params: &[],
         })
     }
 

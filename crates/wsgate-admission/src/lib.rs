@@ -2,11 +2,12 @@
 //!
 //! Gates run in a fixed order, cheapest and least revealing first (firewall → TLS identity → host →
 //! origin → authentication → authorization → limits; the gates built so far are [`firewall`],
-//! [`host`], [`origin`] and [`auth`]). Each gate is a module with its own configuration type and a pure check function, so the
+//! [`host`], [`origin`], [`auth`] (with [`jwt`]) and [`authz`]). Each gate is a module with its own configuration type and a pure check function, so the
 //! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
 //! [`Policy::admit`].
 
 pub mod auth;
+pub mod authz;
 pub mod firewall;
 pub mod host;
 pub mod jwt;
@@ -36,6 +37,8 @@ pub struct Request<'a> {
     pub query: Option<&'a str>,
     /// Subprotocols the client offered, in order.
     pub subprotocols: &'a [String],
+    /// The route's path parameters, e.g. `("room", "lobby")`.
+    pub params: &'a [(String, String)],
 }
 
 /// The effective policy of one route on one listener.
@@ -49,6 +52,8 @@ pub struct Policy {
     pub origin: origin::OriginPolicy,
     /// Who must the client prove to be; `None` admits anonymous clients.
     pub auth: Option<auth::AuthPolicy>,
+    /// What an authenticated client may do here (requires `auth`).
+    pub authz: authz::AuthzPolicy,
 }
 
 /// What admission learned about an admitted client.
@@ -70,6 +75,7 @@ impl Policy {
         let (identity, subprotocols) = match &self.auth {
             Some(a) => {
                 let (id, rest) = a.authenticate(req)?;
+                self.authz.check(&id, req.params)?;
                 (Some(id), rest)
             }
             None => (None, req.subprotocols.to_vec()),

@@ -317,6 +317,7 @@ mod tests {
             headers: &headers,
             query: None,
             subprotocols: &[],
+            params: &[],
         })
     }
 
@@ -413,6 +414,7 @@ mod tests {
             headers: &h,
             query: None,
             subprotocols: &[],
+            params: &[],
         };
         assert_eq!(p.check(&r).unwrap_err().reason, Reason::OriginMissing);
     }

@@ -158,6 +158,13 @@ catalog! {
         operator: "Nothing to change unless clocks are skewed: the route's `auth.jwt.leeway` allows for small clock differences.",
         client: "Get a fresh token and reconnect; refresh tokens before `exp`, and reconnect with the new one.",
     },
+    /// The client is authenticated but not allowed on this route.
+    AuthzForbidden => {
+        code: "authz.forbidden", status: 403,
+        message: "The client is authenticated but not allowed to use this route or channel.",
+        operator: "The log line names the rule that failed (require_claims, require_scopes or channel); grant the claim or scope to the client, or relax the route's `authz`.",
+        client: "Ask for a token or key that carries the needed claim, scope or channel; a new login may be needed after permissions change.",
+    },
     /// The server is at its configured connection cap.
     LimitConnections => {
         code: "limit.connections", status: 503,

@@ -185,6 +185,18 @@ struct RawRoute {
     firewall: Option<RawRouteFirewall>,
     #[serde(default)]
     hosts: Vec<String>,
+    authz: Option<RawAuthz>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthz {
+    #[serde(default)]
+    require_claims: toml::Table,
+    #[serde(default)]
+    require_scopes: Vec<String>,
+    channel: Option<String>,
+    channel_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +232,8 @@ struct RawJwt {
 struct RawApiKey {
     name: String,
     sha256: String,
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 /// Credential sources used when a route's `auth` names none: the ones that never land in URLs.
@@ -649,12 +663,26 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
                     .map_err(|(k, m)| err(format!("route[{i}].auth.{k}"), m))?,
             ),
         };
+        let authz = match &r.authz {
+            None => wsgate_admission::authz::AuthzPolicy::default(),
+            Some(z) => {
+                if auth.is_none() {
+                    return Err(err(
+                        key("authz"),
+                        "authorization needs an authenticated client: add `[route.auth]` to this route".into(),
+                    ));
+                }
+                authz_policy(z, &r.path)
+                    .map_err(|(k, m)| err(format!("route[{i}].authz.{k}"), m))?
+            }
+        };
         routes.push(Route {
             policy: wsgate_admission::Policy {
                 firewall,
                 host,
                 origin,
                 auth,
+                authz,
             },
             path: r.path,
             kind: r.kind,
@@ -705,6 +733,61 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
         rules,
         trusted_proxies,
         ban,
+    })
+}
+
+fn authz_policy(
+    z: &RawAuthz,
+    path: &str,
+) -> Result<wsgate_admission::authz::AuthzPolicy, (String, String)> {
+    use wsgate_admission::authz::{AuthzPolicy, ChannelRule};
+    let claims = z
+        .require_claims
+        .iter()
+        .map(|(k, v)| {
+            let json = serde_json::to_value(v)
+                .map_err(|e| (format!("require_claims.{k}"), e.to_string()))?;
+            Ok((k.clone(), json))
+        })
+        .collect::<Result<Vec<_>, (String, String)>>()?;
+    let channel = match (&z.channel, &z.channel_claim) {
+        (None, None) => None,
+        (Some(template), Some(claim)) => {
+            let names = crate::routes::Pattern::parse(path)
+                .map(|p| p.params().iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let mut rest = template.as_str();
+            while let Some(start) = rest.find('{') {
+                let end = rest[start..].find('}').ok_or((
+                    "channel".to_owned(),
+                    format!("{template:?} has an unclosed `{{`"),
+                ))?;
+                let name = &rest[start + 1..start + end];
+                if !names.iter().any(|n| n == name) {
+                    return Err((
+                        "channel".into(),
+                        format!("{template:?} uses {{{name}}}, but the route path {path:?} has parameters {names:?}"),
+                    ));
+                }
+                rest = &rest[start + end..];
+            }
+            Some(ChannelRule {
+                template: template.clone(),
+                claim: claim.clone(),
+            })
+        }
+        _ => {
+            return Err((
+                "channel".into(),
+                "`channel` (e.g. \"chat:{room}\") and `channel_claim` (e.g. \"rooms\") go together"
+                    .into(),
+            ))
+        }
+    };
+    Ok(AuthzPolicy {
+        claims,
+        scopes: z.require_scopes.clone(),
+        channel,
     })
 }
 
@@ -809,7 +892,10 @@ fn auth_policy(
         .iter()
         .enumerate()
         .map(|(j, k)| {
-            ApiKey::from_hex(&k.name, &k.sha256).map_err(|m| (format!("api_keys[{j}].sha256"), m))
+            let mut key = ApiKey::from_hex(&k.name, &k.sha256)
+                .map_err(|m| (format!("api_keys[{j}].sha256"), m))?;
+            key.scopes = k.scopes.clone();
+            Ok::<_, (String, String)>(key)
         })
         .collect::<Result<Vec<_>, _>>()?;
     if a.dev_token {

@@ -11,7 +11,7 @@ pub struct Pattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Param,
+    Param(String),
 }
 
 impl Pattern {
@@ -32,7 +32,7 @@ impl Pattern {
                         "parameter `{seg}` in {path:?} must be a name like `{{room}}`"
                     ));
                 }
-                segments.push(Segment::Param);
+                segments.push(Segment::Param(name.to_owned()));
             } else if seg.contains(['{', '}']) {
                 return Err(format!(
                     "segment {seg:?} in {path:?}: a parameter must be a whole segment, like `/ws/chat/{{room}}`"
@@ -46,19 +46,47 @@ impl Pattern {
 
     /// Whether `path` (without query) matches; parameters match one non-empty segment.
     pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix('/') else {
-            return false;
-        };
+        self.captures(path).is_some()
+    }
+
+    /// The parameters of a matching path, e.g. `[("room", "lobby")]`.
+    pub fn captures(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let rest = path.strip_prefix('/')?;
         let mut parts = rest.split('/');
+        let mut params = Vec::new();
         for seg in &self.segments {
             match (seg, parts.next()) {
                 (Segment::Literal(l), Some(p)) if l == p => {}
-                (Segment::Param, Some(p)) if !p.is_empty() => {}
-                _ => return false,
+                (Segment::Param(name), Some(p)) if !p.is_empty() => {
+                    params.push((name.clone(), p.to_owned()))
+                }
+                _ => return None,
             }
         }
-        parts.next().is_none()
+        parts.next().is_none().then_some(params)
     }
+
+    /// Names of the pattern's parameters, for validating templates that use them.
+    pub fn params(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(n) => Some(n.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// A route that matched a request path.
+#[derive(Debug)]
+pub struct Match<'a> {
+    /// The route's position in the configuration.
+    pub index: usize,
+    /// The route.
+    pub route: &'a Route,
+    /// Its path parameters, e.g. `[("room", "lobby")]`.
+    pub params: Vec<(String, String)>,
 }
 
 /// The routes of a configuration, ready for lookup.
@@ -77,13 +105,18 @@ impl Router {
         Ok(Router { routes })
     }
 
-    /// The first route, in configuration order, whose pattern matches `path`.
-    pub fn find(&self, path: &str) -> Option<(usize, &Route)> {
+    /// The first route, in configuration order, whose pattern matches `path`, with its parameters.
+    pub fn find(&self, path: &str) -> Option<Match<'_>> {
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, (p, _))| p.matches(path))
-            .map(|(i, (_, r))| (i, r))
+            .find_map(|(index, (p, route))| {
+                p.captures(path).map(|params| Match {
+                    index,
+                    route,
+                    params,
+                })
+            })
     }
 }
 
@@ -106,6 +139,15 @@ mod tests {
         let root = Pattern::parse("/").unwrap();
         assert!(root.matches("/") && !root.matches("/a"));
         assert!(Pattern::parse("/ws/echo").unwrap().matches("/ws/echo"));
+        let two = Pattern::parse("/t/{org}/r/{room}").unwrap();
+        assert_eq!(
+            two.captures("/t/acme/r/lobby").unwrap(),
+            vec![
+                ("org".to_owned(), "acme".to_owned()),
+                ("room".to_owned(), "lobby".to_owned())
+            ]
+        );
+        assert_eq!(two.params(), ["org", "room"]);
         assert!(!Pattern::parse("/ws/echo").unwrap().matches("/ws/echo/"));
     }
 }

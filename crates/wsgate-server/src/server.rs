@@ -381,7 +381,7 @@ async fn handle(
     }
     let refuse = |reason: Reason, detail: String| {
         let refusal = Refusal::new(reason, detail);
-        let route = route_match.map(|(_, r)| r.path.as_str());
+        let route = route_match.as_ref().map(|m| m.route.path.as_str());
         refuse_with(&refusal, &ctx, &request_id, client.ip, route, &path)
     };
 
@@ -394,7 +394,10 @@ async fn handle(
     if let Err(r) = shared.global.check(client.ip, Instant::now()) {
         return Ok(refuse(r.reason, r.detail));
     }
-    let Some((route_idx, route)) = route_match else {
+    let Some((route_idx, route, params)) = route_match
+        .as_ref()
+        .map(|m| (m.index, m.route, m.params.as_slice()))
+    else {
         return Ok(refuse(
             Reason::RouteNotFound,
             format!("no route matches the path {path:?}"),
@@ -412,6 +415,7 @@ async fn handle(
         headers: req.headers(),
         query: req.uri().query(),
         subprotocols: &hs.subprotocols,
+        params,
     }) {
         Ok(a) => a,
         Err(r) => return Ok(refuse(r.reason, r.detail)),

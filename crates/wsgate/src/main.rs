@@ -344,8 +344,23 @@ fn check(args: ConfigArg) -> ExitCode {
             Some(a) => {
                 let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
                 let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
-                println!("  auth: sources {sources:?} in that order; api keys {keys:?}");
+                println!(
+                    "  auth: sources {sources:?} in that order; api keys {keys:?}; jwt issuers {}",
+                    a.jwt.len()
+                );
             }
+        }
+        let z = &p.authz;
+        if !z.is_empty() {
+            let claims: Vec<String> = z.claims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            print!("  authz: claims {claims:?} scopes {:?}", z.scopes);
+            if let Some(c) = &z.channel {
+                print!(
+                    " channel {:?} must match a pattern in claim {:?}",
+                    c.template, c.claim
+                );
+            }
+            println!();
         }
     }
     ExitCode::SUCCESS
