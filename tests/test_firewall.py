@@ -105,3 +105,48 @@ def test_host_allowlist(wsgate):
     assert raw(s.port, handshake("/ws/named", host=f"gw.test:{s.port}")).status == 101
     assert raw(s.port, handshake("/ws/named", host="GW.TEST")).status == 101
     assert raw(s.port, handshake("/ws/named", host="gw.test.evil.net")).status == 403
+
+
+def test_handshake_rate_per_address_gives_429_with_retry_after(wsgate):
+    s = wsgate(config(limits="handshake_rate = 1\nhandshake_burst = 2\n"))
+    assert raw_from("127.0.0.6", s.port, handshake())[0] == 101
+    assert raw_from("127.0.0.6", s.port, handshake())[0] == 101
+    status, h = raw_from("127.0.0.6", s.port, handshake())
+    assert status == 429 and h["wsgate-reason"] == "limit.rate"
+    assert h["retry-after"] == "1"
+    assert raw_from("127.0.0.7", s.port, handshake())[0] == 101, "another address has its own bucket"
+    time.sleep(1.1)
+    assert raw_from("127.0.0.6", s.port, handshake())[0] == 101, "the bucket refills"
+
+
+def test_connection_caps_per_address_and_identity(wsgate):
+    import hashlib
+
+    sha = hashlib.sha256(b"key-one").hexdigest()
+    routes = f"""
+    [[route]]
+    path = "/ws/echo"
+    kind = "echo"
+    [[route]]
+    path = "/ws/private"
+    kind = "echo"
+    [route.auth]
+    api_keys = [{{ name = "one", sha256 = "{sha}" }}]
+    """
+    s = wsgate(config(routes=routes, limits="max_connections_per_client = 2\nmax_connections_per_identity = 1\n"))
+    a1 = raw(s.port, handshake(), keep_open=True)
+    a2 = raw(s.port, handshake(), keep_open=True)
+    assert a1.status == a2.status == 101
+    r = raw(s.port, handshake())
+    assert r.status == 429 and r.header("wsgate-reason") == "limit.client_connections"
+    assert raw_from("127.0.0.8", s.port, handshake())[0] == 101, "other addresses are not limited"
+    a2.sock.close()
+    auth = [("Authorization", "Bearer key-one")]
+    k1 = raw(s.port, handshake("/ws/private", headers=auth), keep_open=True)
+    deadline = time.time() + 5
+    while k1.status != 101 and time.time() < deadline:  # the closed connection's slot comes back
+        time.sleep(0.05)
+        k1 = raw(s.port, handshake("/ws/private", headers=auth), keep_open=True)
+    assert k1.status == 101
+    status, h = raw_from("127.0.0.10", s.port, handshake("/ws/private", headers=auth))
+    assert status == 429 and h["wsgate-reason"] == "limit.client_connections", "one connection per identity"

@@ -2,7 +2,7 @@
 //!
 //! Gates run in a fixed order, cheapest and least revealing first (firewall → TLS identity → host →
 //! origin → authentication → authorization → limits; the gates built so far are [`firewall`],
-//! [`host`], [`origin`], [`auth`] (with [`jwt`]) and [`authz`]). Each gate is a module with its own configuration type and a pure check function, so the
+//! [`host`], [`origin`], [`auth`] (with [`jwt`]), [`authz`] and [`limits`]). Each gate is a module with its own configuration type and a pure check function, so the
 //! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
 //! [`Policy::admit`].
 
@@ -11,6 +11,7 @@ pub mod authz;
 pub mod firewall;
 pub mod host;
 pub mod jwt;
+pub mod limits;
 pub mod origin;
 
 pub use wsgate_handshake::Refusal;

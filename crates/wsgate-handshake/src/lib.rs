@@ -28,8 +28,10 @@ pub const SEC_WEBSOCKET_ACCEPT: HeaderName = http::header::SEC_WEBSOCKET_ACCEPT;
 pub struct Refusal {
     /// The catalog entry the client is told about.
     pub reason: Reason,
-    /// What exactly was observed; safe to show at `explain = "full"`, never contains secrets.
+    /// What exactly was observed, for the log line; never contains secrets.
     pub detail: String,
+    /// When the client may retry (429/503); `None` uses the server's default.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Refusal {
@@ -38,7 +40,14 @@ impl Refusal {
         Refusal {
             reason,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Sets the `Retry-After` the client is told.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 }
 

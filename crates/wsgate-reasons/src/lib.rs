@@ -172,6 +172,20 @@ catalog! {
         operator: "Raise `limits.max_connections` if the machine has room, or add instances behind a load balancer.",
         client: "Retry after the delay in `Retry-After`, with backoff.",
     },
+    /// The client opens handshakes faster than its rate allows.
+    LimitRate => {
+        code: "limit.rate", status: 429,
+        message: "The client is opening connections faster than the server allows.",
+        operator: "Raise `limits.handshake_rate`/`handshake_burst` if legitimate clients hit it (many users behind one NAT address, or a proxy not in `firewall.trusted_proxies`).",
+        client: "Wait for `Retry-After` seconds and reconnect with exponential backoff and jitter, not in a tight loop.",
+    },
+    /// The client address or identity holds its maximum of open connections.
+    LimitClientConnections => {
+        code: "limit.client_connections", status: 429,
+        message: "This client (address or identity) already has the maximum number of open connections.",
+        operator: "Raise `limits.max_connections_per_client` or `max_connections_per_identity` if clients legitimately need more.",
+        client: "Close connections you no longer use (another tab or a leaked socket), or share one connection.",
+    },
     /// The server is shutting down and accepts no new connections.
     ServerDraining => {
         code: "server.draining", status: 503,

@@ -154,6 +154,10 @@ struct RawLimits {
     ping_interval: Option<String>,
     idle_timeout: Option<String>,
     drain_timeout: Option<String>,
+    handshake_rate: Option<f64>,
+    handshake_burst: Option<f64>,
+    max_connections_per_client: Option<usize>,
+    max_connections_per_identity: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -319,6 +323,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long shutdown waits for connections to finish their close handshake.
     pub drain_timeout: Duration,
+    /// Per-client rate and connection caps (the limits gate).
+    pub clients: wsgate_admission::limits::LimitPolicy,
 }
 
 /// Logging settings.
@@ -508,11 +514,48 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         ping_interval: dur("ping_interval", &l.ping_interval, Duration::from_secs(30))?,
         idle_timeout: dur("idle_timeout", &l.idle_timeout, Duration::from_secs(90))?,
         drain_timeout: dur("drain_timeout", &l.drain_timeout, Duration::from_secs(10))?,
+        clients: wsgate_admission::limits::LimitPolicy {
+            rate: match (l.handshake_rate, l.handshake_burst) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(err(
+                        "limits.handshake_burst".into(),
+                        "needs `handshake_rate` (handshakes per second per client address)".into(),
+                    ))
+                }
+                (Some(r), b) if r > 0.0 && r.is_finite() => {
+                    let burst = b.unwrap_or(r.max(1.0) * 2.0);
+                    if !(burst >= 1.0 && burst.is_finite()) {
+                        return Err(err(
+                            "limits.handshake_burst".into(),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                    Some((r, burst))
+                }
+                (Some(_), _) => {
+                    return Err(err(
+                        "limits.handshake_rate".into(),
+                        "must be a positive number of handshakes per second".into(),
+                    ))
+                }
+            },
+            per_client: l.max_connections_per_client,
+            per_identity: l.max_connections_per_identity,
+        },
     };
     for (key, v) in [
         ("max_connections", limits.max_connections),
         ("max_message_bytes", limits.max_message_bytes),
         ("max_frame_bytes", limits.max_frame_bytes),
+        (
+            "max_connections_per_client",
+            limits.clients.per_client.unwrap_or(1),
+        ),
+        (
+            "max_connections_per_identity",
+            limits.clients.per_identity.unwrap_or(1),
+        ),
     ] {
         if v == 0 {
             return Err(err(format!("limits.{key}"), "must be at least 1".into()));

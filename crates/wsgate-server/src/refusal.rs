@@ -49,11 +49,16 @@ pub fn refuse(refusal: &Refusal, ctx: &Context<'_>, metrics: &Metrics) -> Respon
         detail = %refusal.detail,
         "handshake refused"
     );
-    response(reason, ctx.request_id, ctx.explain)
+    response(reason, ctx.request_id, ctx.explain, refusal.retry_after)
 }
 
 /// The response for a reason at an explain level; protocol-required headers are always present.
-pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<Body> {
+pub fn response(
+    reason: Reason,
+    request_id: &str,
+    explain: Explain,
+    retry_after: Option<std::time::Duration>,
+) -> Response<Body> {
     let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let body = if explain == Explain::Full {
         let json = serde_json::json!({
@@ -97,10 +102,11 @@ pub fn response(reason: Reason, request_id: &str, explain: Explain) -> Response<
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
     }
     if reason.is_retryable() {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
+        let value = match retry_after {
+            Some(d) => HeaderValue::from(d.as_secs().max(1)),
+            None => HeaderValue::from_static(RETRY_AFTER_SECS),
+        };
+        h.insert(header::RETRY_AFTER, value);
     }
     if explain != Explain::None {
         h.insert(REASON_HEADER, HeaderValue::from_static(reason.code()));
@@ -124,19 +130,19 @@ mod tests {
 
     #[test]
     fn explain_levels() {
-        let r = response(Reason::HandshakeVersion, "abc", Explain::None);
+        let r = response(Reason::HandshakeVersion, "abc", Explain::None, None);
         assert_eq!(r.status(), 426);
         assert_eq!(r.headers()["sec-websocket-version"], "13");
         assert!(r.headers().get(REASON_HEADER).is_none());
         assert!(r.headers().get(REQUEST_ID_HEADER).is_none());
 
-        let r = response(Reason::LimitConnections, "abc", Explain::Code);
+        let r = response(Reason::LimitConnections, "abc", Explain::Code, None);
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[REASON_HEADER], "limit.connections");
         assert_eq!(r.headers()[REQUEST_ID_HEADER], "abc");
         assert_eq!(r.headers()["retry-after"], RETRY_AFTER_SECS);
 
-        let r = response(Reason::HandshakeMethod, "abc", Explain::Full);
+        let r = response(Reason::HandshakeMethod, "abc", Explain::Full, None);
         assert_eq!(r.headers()["allow"], "GET");
         assert_eq!(r.headers()["content-type"], "application/json");
     }

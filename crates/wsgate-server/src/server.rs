@@ -56,6 +56,7 @@ struct Shared {
     draining: AtomicBool,
     next_conn: AtomicU64,
     global: wsgate_admission::Global,
+    limits: Arc<wsgate_admission::limits::Limits>,
     shutdown: watch::Receiver<bool>,
     upstream_tls: Vec<Option<TlsConnector>>,
 }
@@ -184,6 +185,7 @@ impl Server {
                 .ban
                 .map(wsgate_admission::firewall::Bans::new),
         };
+        let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -194,6 +196,7 @@ impl Server {
                 draining: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
                 global,
+                limits,
                 shutdown,
                 upstream_tls,
             }),
@@ -379,33 +382,32 @@ async fn handle(
             "Forwarded/X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored"
         );
     }
-    let refuse = |reason: Reason, detail: String| {
-        let refusal = Refusal::new(reason, detail);
+    let refuse = |refusal: Refusal| {
         let route = route_match.as_ref().map(|m| m.route.path.as_str());
         refuse_with(&refusal, &ctx, &request_id, client.ip, route, &path)
     };
 
     if shared.draining.load(Ordering::SeqCst) {
-        return Ok(refuse(
+        return Ok(refuse(Refusal::new(
             Reason::ServerDraining,
-            "the server is draining for shutdown".into(),
-        ));
+            "the server is draining for shutdown",
+        )));
     }
     if let Err(r) = shared.global.check(client.ip, Instant::now()) {
-        return Ok(refuse(r.reason, r.detail));
+        return Ok(refuse(r));
     }
     let Some((route_idx, route, params)) = route_match
         .as_ref()
         .map(|m| (m.index, m.route, m.params.as_slice()))
     else {
-        return Ok(refuse(
+        return Ok(refuse(Refusal::new(
             Reason::RouteNotFound,
             format!("no route matches the path {path:?}"),
-        ));
+        )));
     };
     let hs = match wsgate_handshake::validate(req.method(), req.version(), req.headers()) {
         Ok(hs) => hs,
-        Err(r) => return Ok(refuse(r.reason, r.detail)),
+        Err(r) => return Ok(refuse(r)),
     };
     let admitted = match route.policy.admit(&wsgate_admission::Request {
         client: client.ip,
@@ -418,7 +420,12 @@ async fn handle(
         params,
     }) {
         Ok(a) => a,
-        Err(r) => return Ok(refuse(r.reason, r.detail)),
+        Err(r) => return Ok(refuse(r)),
+    };
+    let identity = admitted.identity.as_ref().map(|i| i.name.as_str());
+    let held = match shared.limits.admit(client.ip, identity, Instant::now()) {
+        Ok(h) => h,
+        Err(r) => return Ok(refuse(r)),
     };
     // A credential carried as a subprotocol has been removed: only real subprotocols remain.
     let offered = &admitted.subprotocols;
@@ -426,33 +433,33 @@ async fn handle(
     if route.kind != RouteKind::Proxy || !route.subprotocols.is_empty() {
         if subprotocol.is_none() && !offered.is_empty() {
             // The offered names are not shown: clients sometimes carry tokens in this header.
-            return Ok(refuse(
+            return Ok(refuse(Refusal::new(
                 Reason::SubprotocolUnsupported,
                 format!(
                     "the client offered {} subprotocol(s), none of which the route supports; it supports {:?}",
                     offered.len(),
                     route.subprotocols
                 ),
-            ));
+            )));
         }
         if subprotocol.is_none() && route.subprotocol_required {
-            return Ok(refuse(
+            return Ok(refuse(Refusal::new(
                 Reason::SubprotocolUnsupported,
                 format!(
                     "the route requires one of the subprotocols {:?} and none was offered",
                     route.subprotocols
                 ),
-            ));
+            )));
         }
     }
     let Some(slot) = Slot::acquire(shared) else {
-        return Ok(refuse(
+        return Ok(refuse(Refusal::new(
             Reason::LimitConnections,
             format!(
                 "{} connections are open, the limit is {}",
                 shared.config.limits.max_connections, shared.config.limits.max_connections
             ),
-        ));
+        )));
     };
 
     let upstream = match (&route.kind, &route.upstream) {
@@ -474,7 +481,7 @@ async fn handle(
                     subprotocol = conn.subprotocol.clone();
                     Some(conn)
                 }
-                Err(r) => return Ok(refuse(r.reason, r.detail)),
+                Err(r) => return Ok(refuse(r)),
             }
         }
         _ => None,
@@ -522,6 +529,7 @@ async fn handle(
     tokio::spawn(async move {
         let _track = track;
         let _slot = slot;
+        let _held = held;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -1,0 +1,202 @@
+//! The limits gate, last in the pipeline: how fast one address may open handshakes (a token
+//! bucket) and how many connections one address or identity may hold open.
+//!
+//! Time is passed in, so every rule is tested without waiting.
+
+use crate::{Reason, Refusal};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Addresses tracked for rates at most; full buckets are dropped first when it is reached.
+const MAX_BUCKETS: usize = 100_000;
+
+/// Limits per client; `None` disables a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitPolicy {
+    /// Sustained handshakes per second per address, and the burst allowed above it.
+    pub rate: Option<(f64, f64)>,
+    /// Open connections per client address.
+    pub per_client: Option<usize>,
+    /// Open connections per authenticated identity.
+    pub per_identity: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buckets: HashMap<IpAddr, Bucket>,
+    by_client: HashMap<IpAddr, usize>,
+    by_identity: HashMap<String, usize>,
+}
+
+/// The shared counters behind the limits gate.
+#[derive(Debug)]
+pub struct Limits {
+    policy: LimitPolicy,
+    state: Mutex<State>,
+}
+
+/// A connection counted against its address and identity; dropping it gives the slots back.
+#[derive(Debug)]
+pub struct Held {
+    limits: Arc<Limits>,
+    client: Option<IpAddr>,
+    identity: Option<String>,
+}
+
+impl Limits {
+    /// Counters for a policy.
+    pub fn new(policy: LimitPolicy) -> Arc<Limits> {
+        Arc::new(Limits {
+            policy,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Takes a handshake token and a connection slot, or refuses with `limit.rate` /
+    /// `limit.client_connections`.
+    pub fn admit(
+        self: &Arc<Self>,
+        client: IpAddr,
+        identity: Option<&str>,
+        now: Instant,
+    ) -> Result<Held, Refusal> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((rate, burst)) = self.policy.rate {
+            if st.buckets.len() >= MAX_BUCKETS && !st.buckets.contains_key(&client) {
+                st.buckets.retain(|_, b| {
+                    b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst
+                });
+            }
+            let b = st.buckets.entry(client).or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+            b.at = now;
+            if b.tokens < 1.0 {
+                let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0);
+                return Err(Refusal::new(
+                    Reason::LimitRate,
+                    format!("client {client} exceeds {rate} handshakes/s (burst {burst})"),
+                )
+                .retry_after(Duration::from_secs_f64(wait)));
+            }
+            b.tokens -= 1.0;
+        }
+        let busy = |what: String| Err(Refusal::new(Reason::LimitClientConnections, what));
+        let n_client = st.by_client.get(&client).copied().unwrap_or(0);
+        if let Some(max) = self.policy.per_client {
+            if n_client >= max {
+                return busy(format!(
+                    "client {client} has {n_client} open connections, the limit is {max}"
+                ));
+            }
+        }
+        if let (Some(max), Some(id)) = (self.policy.per_identity, identity) {
+            let n = st.by_identity.get(id).copied().unwrap_or(0);
+            if n >= max {
+                return busy(format!(
+                    "identity {id:?} has {n} open connections, the limit is {max}"
+                ));
+            }
+        }
+        let track_client = self.policy.per_client.is_some();
+        if track_client {
+            *st.by_client.entry(client).or_default() += 1;
+        }
+        let identity = match (self.policy.per_identity, identity) {
+            (Some(_), Some(id)) => {
+                *st.by_identity.entry(id.to_owned()).or_default() += 1;
+                Some(id.to_owned())
+            }
+            _ => None,
+        };
+        Ok(Held {
+            limits: self.clone(),
+            client: track_client.then_some(client),
+            identity,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut st = self.limits.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = self.client {
+            if let Some(n) = st.by_client.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    st.by_client.remove(&c);
+                }
+            }
+        }
+        if let Some(id) = &self.identity {
+            if let Some(n) = st.by_identity.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    st.by_identity.remove(id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn token_bucket_refills_at_the_rate_and_says_when_to_retry() {
+        let l = Limits::new(LimitPolicy {
+            rate: Some((1.0, 2.0)),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        let a = ip("192.0.2.1");
+        let _h1 = l.admit(a, None, t).unwrap();
+        let _h2 = l.admit(a, None, t).unwrap();
+        let e = l.admit(a, None, t).unwrap_err();
+        assert_eq!(e.reason, Reason::LimitRate);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
+        assert!(l.admit(ip("192.0.2.2"), None, t).is_ok(), "per address");
+        assert!(
+            l.admit(a, None, t + Duration::from_millis(1100)).is_ok(),
+            "refilled"
+        );
+    }
+
+    #[test]
+    fn connection_caps_per_client_and_identity_release_on_drop() {
+        let l = Limits::new(LimitPolicy {
+            per_client: Some(2),
+            per_identity: Some(1),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        let a = ip("192.0.2.1");
+        let h1 = l.admit(a, Some("alice"), t).unwrap();
+        let e = l.admit(ip("192.0.2.9"), Some("alice"), t).unwrap_err();
+        assert_eq!(e.reason, Reason::LimitClientConnections);
+        let _h2 = l.admit(a, Some("bob"), t).unwrap();
+        assert!(l.admit(a, None, t).is_err(), "address at its cap");
+        drop(h1);
+        assert!(
+            l.admit(ip("192.0.2.9"), Some("alice"), t).is_ok(),
+            "released on drop"
+        );
+        let st = l.state.lock().unwrap();
+        assert_eq!(st.by_client.get(&a), Some(&1));
+    }
+}
