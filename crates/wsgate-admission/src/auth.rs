@@ -148,6 +148,18 @@ pub struct Identity {
     pub scopes: Vec<String>,
 }
 
+impl Identity {
+    /// The identity a verified client certificate gives: its subject.
+    pub fn from_cert(cert: &crate::ClientCert) -> Identity {
+        Identity {
+            name: cert.subject.clone(),
+            source: "tls".into(),
+            claims: None,
+            scopes: Vec::new(),
+        }
+    }
+}
+
 /// A credential found in a request, with the subprotocols that remain once it is removed.
 struct Found {
     token: String,
@@ -357,6 +369,7 @@ mod tests {
             query,
             subprotocols: &protos,
             params: &[],
+            client_cert: None,
         })
     }
 

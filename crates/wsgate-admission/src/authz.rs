@@ -2,7 +2,7 @@
 //! authentication gate); may it use *this* route? 403 `authz.forbidden` names the rule that failed.
 
 use crate::auth::Identity;
-use crate::{Reason, Refusal};
+use crate::{ClientCert, Reason, Refusal};
 use serde_json::Value;
 
 /// Rules over the identity; all must hold.
@@ -16,6 +16,10 @@ pub struct AuthzPolicy {
     /// A channel name built from route parameters (`chat:{room}`) that must match one of the
     /// glob patterns in the named claim (`rooms: ["chat:*"]`).
     pub channel: Option<ChannelRule>,
+    /// Globs one of which the client certificate's subject must match.
+    pub cert_subjects: Vec<String>,
+    /// Globs one of which some subject alternative name of the client certificate must match.
+    pub cert_sans: Vec<String>,
 }
 
 /// Channel access from a claim of patterns.
@@ -30,16 +34,58 @@ pub struct ChannelRule {
 impl AuthzPolicy {
     /// Whether any rule is configured.
     pub fn is_empty(&self) -> bool {
-        self.claims.is_empty() && self.scopes.is_empty() && self.channel.is_none()
+        self.claims.is_empty()
+            && self.scopes.is_empty()
+            && self.channel.is_none()
+            && self.cert_subjects.is_empty()
+            && self.cert_sans.is_empty()
     }
 
     /// The authorization check; `params` are the route's path parameters.
-    pub fn check(&self, id: &Identity, params: &[(String, String)]) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        id: Option<&Identity>,
+        cert: Option<&ClientCert>,
+        params: &[(String, String)],
+    ) -> Result<(), Refusal> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let who = id.map(|i| i.name.as_str()).unwrap_or("-");
         let forbidden = |d: String| {
             Err(Refusal::new(
                 Reason::AuthzForbidden,
-                format!("identity {:?}: {d}", id.name),
+                format!("identity {who:?}: {d}"),
             ))
+        };
+        if !self.cert_subjects.is_empty() {
+            let subject = cert.map(|c| c.subject.as_str()).unwrap_or("");
+            if !self.cert_subjects.iter().any(|g| glob(g, subject)) {
+                return forbidden(format!(
+                    "rule cert_subjects: certificate subject {subject:?} matches none of {:?}",
+                    self.cert_subjects
+                ));
+            }
+        }
+        if !self.cert_sans.is_empty() {
+            let sans = cert.map(|c| c.sans.as_slice()).unwrap_or(&[]);
+            if !sans
+                .iter()
+                .any(|s| self.cert_sans.iter().any(|g| glob(g, s)))
+            {
+                return forbidden(format!(
+                    "rule cert_sans: certificate names {sans:?} match none of {:?}",
+                    self.cert_sans
+                ));
+            }
+        }
+        if self.claims.is_empty() && self.scopes.is_empty() && self.channel.is_none() {
+            return Ok(());
+        }
+        let Some(id) = id else {
+            return forbidden(
+                "claim, scope and channel rules need an authenticated identity".into(),
+            );
         };
         for (name, want) in &self.claims {
             let ok = match claim(id, name) {
@@ -168,47 +214,78 @@ mod tests {
             }),
             ..Default::default()
         };
+        let check = |id: &Identity, params: &[(String, String)]| p.check(Some(id), None, params);
         let alice = id(json!({"rooms": ["chat:*"]}), &[]);
-        assert!(p.check(&alice, &room("lobby")).is_ok());
+        assert!(check(&alice, &room("lobby")).is_ok());
         let bob = id(json!({"rooms": ["chat:team-*"]}), &[]);
-        assert!(p.check(&bob, &room("team-a")).is_ok());
-        let e = p.check(&bob, &room("lobby")).unwrap_err();
+        assert!(check(&bob, &room("team-a")).is_ok());
+        let e = check(&bob, &room("lobby")).unwrap_err();
         assert_eq!(e.reason, Reason::AuthzForbidden);
         assert!(
             e.detail.contains("chat:lobby") && e.detail.contains("rooms"),
             "{}",
             e.detail
         );
-        assert!(p.check(&id(json!({}), &[]), &room("lobby")).is_err());
+        assert!(check(&id(json!({}), &[]), &room("lobby")).is_err());
+        assert!(
+            p.check(None, None, &room("lobby")).is_err(),
+            "no identity, no channel"
+        );
     }
 
     #[test]
     fn claims_and_scopes() {
-        let p = AuthzPolicy {
+        let policy = AuthzPolicy {
             claims: vec![
                 ("role".into(), json!("member")),
                 ("org.id".into(), json!(7)),
             ],
             scopes: vec!["chat:write".into()],
-            channel: None,
+            ..Default::default()
         };
+        let p = |i: &Identity| policy.check(Some(i), None, &[]);
         let ok = id(
             json!({"role": ["member", "x"], "org": {"id": 7}, "scope": "chat:read chat:write"}),
             &[],
         );
-        assert!(p.check(&ok, &[]).is_ok());
+        assert!(p(&ok).is_ok());
         let key = id(json!({"role": "member", "org": {"id": 7}}), &["chat:write"]);
-        assert!(p.check(&key, &[]).is_ok(), "API-key scopes count");
-        let e = p
-            .check(
-                &id(json!({"role": "guest", "org": {"id": 7}}), &["chat:write"]),
-                &[],
-            )
-            .unwrap_err();
+        assert!(p(&key).is_ok(), "API-key scopes count");
+        let e = p(&id(
+            json!({"role": "guest", "org": {"id": 7}}),
+            &["chat:write"],
+        ))
+        .unwrap_err();
         assert!(e.detail.contains("require_claims.role"));
-        let e = p
-            .check(&id(json!({"role": "member", "org": {"id": 7}}), &[]), &[])
-            .unwrap_err();
+        let e = p(&id(json!({"role": "member", "org": {"id": 7}}), &[])).unwrap_err();
         assert!(e.detail.contains("require_scopes"));
+    }
+
+    #[test]
+    fn certificate_subject_and_san_rules() {
+        let p = AuthzPolicy {
+            cert_subjects: vec!["CN=*, O=Example".into()],
+            cert_sans: vec!["*.clients.example".into()],
+            ..Default::default()
+        };
+        let cert = ClientCert {
+            subject: "CN=alice, O=Example".into(),
+            sans: vec!["alice.clients.example".into()],
+        };
+        assert!(p.check(None, Some(&cert), &[]).is_ok());
+        let other = ClientCert {
+            sans: vec!["alice.clients.example.evil".into()],
+            ..cert.clone()
+        };
+        assert!(p
+            .check(None, Some(&other), &[])
+            .unwrap_err()
+            .detail
+            .contains("cert_sans"));
+        assert!(p
+            .check(None, None, &[])
+            .unwrap_err()
+            .detail
+            .contains("cert_subjects"));
     }
 }

@@ -40,6 +40,17 @@ pub struct Request<'a> {
     pub subprotocols: &'a [String],
     /// The route's path parameters, e.g. `("room", "lobby")`.
     pub params: &'a [(String, String)],
+    /// The verified client certificate, on a TLS listener that asked for one.
+    pub client_cert: Option<&'a ClientCert>,
+}
+
+/// What a verified client certificate says about the client (the TLS identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject, e.g. `CN=alice, O=Example`.
+    pub subject: String,
+    /// Subject alternative names: DNS names, e-mail addresses, URIs, IP addresses.
+    pub sans: Vec<String>,
 }
 
 /// The effective policy of one route on one listener.
@@ -47,6 +58,8 @@ pub struct Request<'a> {
 pub struct Policy {
     /// The route's own address rules (the global ones run before route lookup).
     pub firewall: firewall::IpRules,
+    /// Whether the route requires a verified client certificate (TLS identity gate).
+    pub client_cert_required: bool,
     /// Which `Host` values the route answers to.
     pub host: host::HostPolicy,
     /// Which page origins may open connections.
@@ -71,16 +84,27 @@ impl Policy {
     /// Runs the route's gates in order; the first refusal wins.
     pub fn admit(&self, req: &Request<'_>) -> Result<Admitted, Refusal> {
         self.firewall.check(req.client, "route")?;
+        if self.client_cert_required && req.client_cert.is_none() {
+            return Err(Refusal::new(
+                Reason::TlsClientCertRequired,
+                "the route requires a client certificate and the TLS handshake presented none",
+            ));
+        }
         self.host.check(req.host)?;
         self.origin.check(req)?;
         let (identity, subprotocols) = match &self.auth {
             Some(a) => {
                 let (id, rest) = a.authenticate(req)?;
-                self.authz.check(&id, req.params)?;
                 (Some(id), rest)
             }
-            None => (None, req.subprotocols.to_vec()),
+            // Without an auth gate, a verified certificate is the identity.
+            None => (
+                req.client_cert.map(auth::Identity::from_cert),
+                req.subprotocols.to_vec(),
+            ),
         };
+        self.authz
+            .check(identity.as_ref(), req.client_cert, req.params)?;
         Ok(Admitted {
             identity,
             subprotocols,

@@ -318,6 +318,7 @@ mod tests {
             query: None,
             subprotocols: &[],
             params: &[],
+            client_cert: None,
         })
     }
 
@@ -415,6 +416,7 @@ mod tests {
             query: None,
             subprotocols: &[],
             params: &[],
+            client_cert: None,
         };
         assert_eq!(p.check(&r).unwrap_err().reason, Reason::OriginMissing);
     }

@@ -116,6 +116,13 @@ catalog! {
         operator: "The ban lifts by itself after `firewall.ban.duration`; if clients trip it by mistake, fix their configuration or raise `firewall.ban.after`.",
         client: "Stop retrying, fix the cause of the earlier refusals (see their reason codes), and retry after the ban expires.",
     },
+    /// The route requires a client certificate and the TLS handshake presented none.
+    TlsClientCertRequired => {
+        code: "tls.client_cert_required", status: 403,
+        message: "This route requires a client certificate (mutual TLS) and none was presented.",
+        operator: "Issue the client a certificate from the CA in the listener's `tls.client_ca`; routes that need none should not set `client_cert = \"required\"`.",
+        client: "Connect with your client certificate and key (e.g. `--cert`/`--key`, or the browser's certificate store), issued by the server's client CA.",
+    },
     /// The Host header is not one the server answers to.
     HostNotAllowed => {
         code: "host.not_allowed", status: 403,

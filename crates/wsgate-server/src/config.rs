@@ -124,6 +124,8 @@ struct RawListener {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +192,15 @@ struct RawRoute {
     #[serde(default)]
     hosts: Vec<String>,
     authz: Option<RawAuthz>,
+    client_cert: Option<ClientCertRule>,
+}
+
+/// Whether a route needs a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ClientCertRule {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +212,10 @@ struct RawAuthz {
     require_scopes: Vec<String>,
     channel: Option<String>,
     channel_claim: Option<String>,
+    #[serde(default)]
+    cert_subjects: Vec<String>,
+    #[serde(default)]
+    cert_sans: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +319,22 @@ pub struct Tls {
     pub key: PathBuf,
     /// The key path of this block, for error messages at load time.
     pub key_path: String,
+    /// CA certificates that client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must, may or need not present a certificate.
+    pub client_auth: ClientAuth,
+}
+
+/// Mutual TLS on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    None,
+    /// Asked for; clients without one are still served (a route may then require one).
+    Optional,
+    /// The TLS handshake fails without a certificate from `client_ca`.
+    Required,
 }
 
 /// Limits that keep one client from hurting the others.
@@ -416,12 +447,6 @@ impl Config {
         // Relative paths are relative to the configuration file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
         let mut cfg = Config::parse_in(&text, &source, base)?;
-        for l in &mut cfg.listeners {
-            if let Some(tls) = &mut l.tls {
-                tls.cert = base.join(&tls.cert);
-                tls.key = base.join(&tls.key);
-            }
-        }
         for r in &mut cfg.routes {
             if let Some(ca) = r.upstream.as_mut().and_then(|u| u.ca_file.as_mut()) {
                 *ca = base.join(&*ca);
@@ -477,11 +502,27 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         let address =
             parse_addr(&l.address).map_err(|m| err(format!("listener[{i}].address"), m))?;
         let explain = l.explain.unwrap_or(default_explain(address));
-        let tls = l.tls.as_ref().map(|t| Tls {
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-            key_path: format!("listener[{i}].tls"),
-        });
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let client_auth = match (&t.client_ca, t.client_auth) {
+                    (None, Some(ClientAuth::None) | None) => ClientAuth::None,
+                    (None, Some(_)) => return Err(err(
+                        format!("listener[{i}].tls.client_auth"),
+                        "needs `client_ca = \"ca.pem\"`: the CA client certificates must chain to"
+                            .into(),
+                    )),
+                    (Some(_), mode) => mode.unwrap_or(ClientAuth::Required),
+                };
+                Some(Tls {
+                    cert: base.join(&t.cert),
+                    key: base.join(&t.key),
+                    key_path: format!("listener[{i}].tls"),
+                    client_ca: t.client_ca.as_ref().map(|c| base.join(c)),
+                    client_auth,
+                })
+            }
+        };
         listeners.push(Listener {
             address,
             explain,
@@ -709,10 +750,13 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         let authz = match &r.authz {
             None => wsgate_admission::authz::AuthzPolicy::default(),
             Some(z) => {
-                if auth.is_none() {
+                let needs_identity = !z.require_claims.is_empty()
+                    || !z.require_scopes.is_empty()
+                    || z.channel.is_some();
+                if auth.is_none() && needs_identity {
                     return Err(err(
                         key("authz"),
-                        "authorization needs an authenticated client: add `[route.auth]` to this route".into(),
+                        "claim, scope and channel rules need an authenticated client: add `[route.auth]` to this route".into(),
                     ));
                 }
                 authz_policy(z, &r.path)
@@ -721,6 +765,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         };
         routes.push(Route {
             policy: wsgate_admission::Policy {
+                client_cert_required: r.client_cert == Some(ClientCertRule::Required),
                 firewall,
                 host,
                 origin,
@@ -831,6 +876,8 @@ fn authz_policy(
         claims,
         scopes: z.require_scopes.clone(),
         channel,
+        cert_subjects: z.cert_subjects.clone(),
+        cert_sans: z.cert_sans.clone(),
     })
 }
 

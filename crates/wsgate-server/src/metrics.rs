@@ -36,6 +36,8 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Time from the request head to the handshake answer.
     pub handshake_seconds: Histogram,
+    /// TLS handshakes that failed or timed out (untrusted client certificates among them).
+    pub tls_failures: Counter,
     cert_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     cert_not_after: Mutex<Vec<(String, SystemTime)>>,
 }
@@ -53,6 +55,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             handshake_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            tls_failures: Counter::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
             registry: Registry::default(),
@@ -96,6 +99,11 @@ impl Metrics {
             "handshake_duration_seconds",
             "Time from request head to handshake answer",
             m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            m.tls_failures.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",

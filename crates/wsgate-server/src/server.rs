@@ -74,6 +74,7 @@ pub struct Server {
     listeners: Vec<Bound>,
     admin: Option<TcpListener>,
     shutdown_tx: watch::Sender<bool>,
+    reloaders: Vec<(usize, Arc<tls::CertReloader>)>,
 }
 
 /// What a listener turned out to be bound to, for the start-up banner.
@@ -92,7 +93,7 @@ pub fn preflight(
     let mut infos = Vec::new();
     for l in &config.listeners {
         infos.push(match &l.tls {
-            Some(t) => Some(tls::server_config(t, &config.source)?.1),
+            Some(t) => Some(tls::server_config(t, &config.source)?.2),
             None => None,
         });
     }
@@ -125,10 +126,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
         let mut listeners = Vec::new();
+        let mut reloaders = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let tls = match &l.tls {
                 Some(t) => {
-                    let (server_config, info) = tls::server_config(t, &config.source)?;
+                    let (server_config, reloader, info) = tls::server_config(t, &config.source)?;
+                    reloaders.push((i, reloader));
                     if info.expires_soon {
                         tracing::warn!(
                             listener = %l.address,
@@ -203,6 +206,7 @@ impl Server {
             listeners,
             admin,
             shutdown_tx,
+            reloaders,
         })
     }
 
@@ -236,6 +240,12 @@ impl Server {
         }
         if let Some(admin) = self.admin {
             accept_tasks.push(tokio::spawn(admin_loop(admin, self.shared.clone())));
+        }
+        if !self.reloaders.is_empty() {
+            accept_tasks.push(tokio::spawn(reload_loop(
+                self.reloaders,
+                self.shared.clone(),
+            )));
         }
         stop.await;
         let drain = self.shared.config.limits.drain_timeout;
@@ -281,23 +291,40 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
         let track = track.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let ctx = Arc::new(ConnCtx {
-                shared: shared.clone(),
-                peer,
-                explain,
-                tls: tls.is_some(),
-                track,
-            });
-            match tls {
-                None => serve_http(stream, ctx).await,
+            let ctx = |client_cert| {
+                Arc::new(ConnCtx {
+                    shared: shared.clone(),
+                    peer,
+                    explain,
+                    tls: tls.is_some(),
+                    client_cert,
+                    track,
+                })
+            };
+            match &tls {
+                None => serve_http(stream, ctx(None)).await,
                 Some(acceptor) => {
                     let timeout = shared.config.limits.handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_http(s, ctx).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        Ok(Ok(s)) => {
+                            let cert = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(tls::client_identity);
+                            serve_http(s, ctx(cert)).await
                         }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        // Failed TLS handshakes are refusals too (an untrusted client
+                        // certificate, a client that speaks no TLS): operators must see them.
+                        Ok(Err(e)) => {
+                            shared.metrics.tls_failures.inc();
+                            tracing::info!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            shared.metrics.tls_failures.inc();
+                            tracing::info!(peer = %peer, "TLS handshake timed out")
+                        }
                     }
                 }
             }
@@ -311,6 +338,8 @@ struct ConnCtx {
     peer: SocketAddr,
     explain: Explain,
     tls: bool,
+    /// The verified client certificate, on mutual-TLS listeners.
+    client_cert: Option<wsgate_admission::ClientCert>,
     /// Held while the connection (and any WebSocket it becomes) lives, for the drain.
     track: mpsc::Sender<()>,
 }
@@ -418,6 +447,7 @@ async fn handle(
         query: req.uri().query(),
         subprotocols: &hs.subprotocols,
         params,
+        client_cert: ctx.client_cert.as_ref(),
     }) {
         Ok(a) => a,
         Err(r) => return Ok(refuse(r)),
@@ -605,6 +635,58 @@ fn forwarded_headers(from: &HeaderMap, names: &[http::HeaderName]) -> HeaderMap 
         }
     }
     out
+}
+
+/// Reloads listener certificates when their files change (checked every 2 s) or on SIGHUP; a bad
+/// new file is logged and the certificate in use is kept.
+async fn reload_loop(reloaders: Vec<(usize, Arc<tls::CertReloader>)>, shared: Arc<Shared>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let forced = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = h.recv() => true,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => false,
+            },
+            None => {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            false
+        };
+        for (i, r) in &reloaders {
+            let result = if forced {
+                Some(r.reload())
+            } else {
+                r.reload_if_changed()
+            };
+            match result {
+                None => {}
+                Some(Ok(info)) => {
+                    shared
+                        .metrics
+                        .set_cert_not_after(format!("listener[{i}]"), info.not_after);
+                    tracing::info!(
+                        listener = i,
+                        subject = %info.subject,
+                        expires = %tls::httpdate(info.not_after),
+                        "TLS certificate reloaded; open connections keep theirs"
+                    );
+                }
+                Some(Err(e)) => tracing::error!(
+                    listener = i,
+                    files = %r.describe(),
+                    error = %e,
+                    "TLS certificate reload failed; still serving the previous certificate"
+                ),
+            }
+        }
+    }
 }
 
 async fn admin_loop(listener: TcpListener, shared: Arc<Shared>) {

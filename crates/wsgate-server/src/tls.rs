@@ -2,11 +2,13 @@
 //! so an expired certificate or a key for another certificate stops it with a clear message
 //! instead of failing every client's handshake later.
 
-use crate::config::{ConfigError, Tls};
+use crate::config::{ClientAuth, ConfigError, Tls};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Certificates expiring sooner than this are warned about at start.
@@ -27,19 +29,61 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads and checks a listener's certificate chain and key, returning the rustls configuration.
+/// Loads and checks a listener's certificate chain and key, returning the rustls configuration
+/// (with client-certificate verification if configured) and the reloadable certificate.
 pub fn server_config(
     tls: &Tls,
     source: &str,
-) -> Result<(Arc<rustls::ServerConfig>, CertInfo), ConfigError> {
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertReloader>, CertInfo), ConfigError> {
     let err = |k: &str, message: String| ConfigError {
         file: source.to_owned(),
         key: format!("{}.{k}", tls.key_path),
         message,
     };
-    let certs = read_certs(&tls.cert).map_err(|m| err("cert", m))?;
+    let (certified, info) = load_certified_key(tls).map_err(|(k, m)| err(k, m))?;
+    let reloader = Arc::new(CertReloader {
+        tls: tls.clone(),
+        current: RwLock::new(Arc::new(certified)),
+        stamps: Mutex::new(stamps(tls)),
+    });
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("cert", format!("TLS setup failed: {e}")))?;
+    let builder = match (&tls.client_ca, tls.client_auth) {
+        (Some(ca), mode) if mode != ClientAuth::None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(ca).map_err(|m| err("client_ca", m))? {
+                roots.add(c).map_err(|e| {
+                    err(
+                        "client_ca",
+                        format!("{}: not a usable CA certificate: {e}", ca.display()),
+                    )
+                })?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            );
+            let v = if mode == ClientAuth::Optional {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| err("client_ca", e.to_string()))?)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(reloader.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), reloader, info))
+}
+
+/// Reads, parses and checks a certificate chain and key: not expired, key belongs to the leaf.
+fn load_certified_key(tls: &Tls) -> Result<(CertifiedKey, CertInfo), (&'static str, String)> {
+    let certs = read_certs(&tls.cert).map_err(|m| ("cert", m))?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
-        err(
+        (
             "key",
             format!(
                 "cannot read a PEM private key from {}: {e}",
@@ -48,10 +92,9 @@ pub fn server_config(
         )
     })?;
     let info =
-        cert_info(&certs[0]).map_err(|m| err("cert", format!("{}: {m}", tls.cert.display())))?;
-    let now = SystemTime::now();
-    if info.not_after <= now {
-        return Err(err(
+        cert_info(&certs[0]).map_err(|m| ("cert", format!("{}: {m}", tls.cert.display())))?;
+    if info.not_after <= SystemTime::now() {
+        return Err((
             "cert",
             format!(
                 "the certificate in {} ({}) expired on {}; renew it (for development: `wsgate cert dev --host localhost`)",
@@ -61,24 +104,99 @@ pub fn server_config(
             ),
         ));
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err("cert", format!("TLS setup failed: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => err(
-                "key",
-                format!(
-                    "the private key in {} does not belong to the certificate in {}",
-                    tls.key.display(),
-                    tls.cert.display()
-                ),
+    let certified = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => (
+            "key",
+            format!(
+                "the private key in {} does not belong to the certificate in {}",
+                tls.key.display(),
+                tls.cert.display()
             ),
-            other => err("key", format!("unusable certificate or key: {other}")),
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((Arc::new(config), info))
+        ),
+        other => ("key", format!("unusable certificate or key: {other}")),
+    })?;
+    Ok((certified, info))
+}
+
+fn stamps(tls: &Tls) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(&tls.cert), m(&tls.key))
+}
+
+/// Serves the current certificate and swaps in a new one when the files change, so that a renewed
+/// certificate is used without a restart while open connections keep theirs.
+#[derive(Debug)]
+pub struct CertReloader {
+    tls: Tls,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamps: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+impl ResolvesServerCert for CertReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl CertReloader {
+    /// Reloads when either file's modification time changed; `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<CertInfo, String>> {
+        let now = stamps(&self.tls);
+        let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == now {
+            return None;
+        }
+        *seen = now;
+        drop(seen);
+        Some(self.reload())
+    }
+
+    /// Loads the files again; on any problem the certificate in use is kept.
+    pub fn reload(&self) -> Result<CertInfo, String> {
+        let (certified, info) = load_certified_key(&self.tls).map_err(|(_, m)| m)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
+        Ok(info)
+    }
+
+    /// The files this listener's certificate comes from, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} / {}", self.tls.cert.display(), self.tls.key.display())
+    }
+}
+
+/// The TLS identity of a verified client certificate: subject and subject alternative names.
+pub fn client_identity(der: &CertificateDer<'_>) -> Option<wsgate_admission::ClientCert> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => sans.push((*d).to_owned()),
+                GeneralName::RFC822Name(e) => sans.push((*e).to_owned()),
+                GeneralName::URI(u) => sans.push((*u).to_owned()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => sans.push(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                    16 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        sans.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Some(wsgate_admission::ClientCert {
+        subject: cert.subject().to_string(),
+        sans,
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -210,8 +328,10 @@ mod tests {
             cert: dir.join("c.pem"),
             key: dir.join(k),
             key_path: "listener[0].tls".into(),
+            client_ca: None,
+            client_auth: ClientAuth::None,
         };
-        let (_, info) = server_config(&tls("k.pem"), "t.toml").unwrap();
+        let (_, _, info) = server_config(&tls("k.pem"), "t.toml").unwrap();
         assert!(!info.expires_soon);
         let e = server_config(&tls("k2.pem"), "t.toml").unwrap_err();
         assert_eq!(e.key, "listener[0].tls.key");

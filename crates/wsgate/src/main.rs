@@ -240,6 +240,15 @@ fn check(args: ConfigArg) -> ExitCode {
             l.address,
             explain_name(l.explain)
         );
+        if let Some(t) = &l.tls {
+            if let Some(ca) = &t.client_ca {
+                print!(
+                    " client certificates {:?} from {}",
+                    t.client_auth,
+                    ca.display()
+                );
+            }
+        }
         if let Some(c) = cert {
             print!(
                 " certificate {} valid until {}{}",
@@ -319,6 +328,9 @@ fn check(args: ConfigArg) -> ExitCode {
                 show(&p.firewall.allow),
                 show(&p.firewall.deny)
             );
+        }
+        if p.client_cert_required {
+            println!("  tls identity: a client certificate is required (tls.client_cert_required)");
         }
         if !p.host.allow.is_empty() {
             println!("  host: {:?}", p.host.allow);
