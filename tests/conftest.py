@@ -112,8 +112,9 @@ class Wsgate:
         return self.proc.returncode
 
 
-def config(routes=None, limits="", listener_extra="", explain=None, admin=True):
-    """A configuration on 127.0.0.1:0 with the given routes (TOML text)."""
+def config(routes=None, limits="", listener_extra="", explain=None, admin=True, logging="refusal_burst = 100000\n"):
+    """A configuration on 127.0.0.1:0 with the given routes (TOML text). Tests look for specific
+    log lines after many refusals from 127.0.0.1, so the log's storm limit is raised by default."""
     routes = routes or '[[route]]\npath = "/ws/echo"\nkind = "echo"\n\n[[route]]\npath = "/ws/chat/{room}"\nkind = "channel"\n'
     text = '[[listener]]\naddress = "127.0.0.1:0"\n'
     if explain:
@@ -121,6 +122,8 @@ def config(routes=None, limits="", listener_extra="", explain=None, admin=True):
     text += textwrap.dedent(listener_extra)
     if limits:
         text += "\n[limits]\n" + textwrap.dedent(limits)
+    if logging:
+        text += "\n[logging]\n" + textwrap.dedent(logging)
     text += "\n" + textwrap.dedent(routes)
     return text
 

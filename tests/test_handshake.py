@@ -176,7 +176,7 @@ def test_slow_client_cannot_hold_a_handshake_slot(wsgate):
 
 
 def test_refusal_log_is_json_when_configured(wsgate):
-    s = wsgate(config().replace("[[route]]", '[logging]\nformat = "json"\n\n[[route]]', 1))
+    s = wsgate(config(logging='format = "json"\n'))
     r = raw(s.port, handshake(path="/missing"))
     rid = r.header("x-request-id")
     deadline = time.time() + 5
@@ -228,3 +228,20 @@ def test_metrics_exposition(wsgate):
 
     with urllib.request.urlopen(s.admin + "/healthz", timeout=5) as h:
         assert h.status == 200
+
+
+def test_identical_refusals_are_rate_limited_in_the_log_not_in_the_metric(wsgate):
+    s = wsgate(config(logging='refusal_burst = 3\nrefusal_window = "1s"\n'))
+    for _ in range(10):
+        assert raw(s.port, handshake("/storm")).status == 404
+    time.sleep(0.2)
+    lines = [l for l in s.log().splitlines() if "route.not_found" in l]
+    assert len(lines) == 3
+    assert s.metric("wsgate_handshakes_refused_total", code="route.not_found") == 10
+    assert raw(s.port, handshake(omit=("Sec-WebSocket-Key",))).status == 400
+    time.sleep(1.1)
+    raw(s.port, handshake("/storm"))
+    time.sleep(0.2)
+    lines = [l for l in s.log().splitlines() if "route.not_found" in l]
+    assert len(lines) == 4 and "suppressed_before=7" in lines[-1]
+    assert any("handshake.bad_key" in l for l in s.log().splitlines()), "other codes are logged"

@@ -168,6 +168,8 @@ struct RawLogging {
     #[serde(default)]
     format: LogFormat,
     level: Option<String>,
+    refusal_burst: Option<u32>,
+    refusal_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +367,10 @@ pub struct Logging {
     pub format: LogFormat,
     /// A `tracing` filter directive such as `info` or `wsgate=debug`.
     pub level: String,
+    /// Identical refusal lines (same code, client, route) written per window.
+    pub refusal_burst: u32,
+    /// The window for `refusal_burst`.
+    pub refusal_window: Duration,
 }
 
 /// A validated route.
@@ -619,6 +625,11 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             .level
             .clone()
             .unwrap_or_else(|| "info".to_owned()),
+        refusal_burst: raw.logging.refusal_burst.unwrap_or(5).max(1),
+        refusal_window: match &raw.logging.refusal_window {
+            None => Duration::from_secs(10),
+            Some(w) => parse_duration(w).map_err(|m| err("logging.refusal_window".into(), m))?,
+        },
     };
 
     if raw.routes.is_empty() {

@@ -7,7 +7,10 @@ use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use wsgate_handshake::Refusal;
 use wsgate_reasons::{Reason, REASON_HEADER, REQUEST_ID_HEADER};
 
@@ -33,12 +36,79 @@ pub struct Context<'a> {
     pub explain: Explain,
 }
 
+/// Limits identical refusal log lines (same code, client and route): a storm from one client must
+/// not drown the log, while the metric still counts every refusal. The first `burst` lines of a
+/// window are written; the next written line says how many were suppressed before it.
+pub struct LogLimiter {
+    burst: u32,
+    window: Duration,
+    state: Mutex<HashMap<LogKey, LogWindow>>,
+}
+
+/// Which refusals count as identical.
+type LogKey = (Reason, IpAddr, String);
+/// Window start, lines in this window, suppressed lines not yet reported.
+type LogWindow = (Instant, u32, u64);
+
+/// Keys remembered at most; older windows are forgotten first.
+const MAX_LOG_KEYS: usize = 10_000;
+
+impl LogLimiter {
+    /// A limiter writing `burst` identical lines per `window`.
+    pub fn new(burst: u32, window: Duration) -> LogLimiter {
+        LogLimiter {
+            burst,
+            window,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(suppressed_before)` when this refusal may be logged, `None` to stay quiet.
+    fn admit(&self, reason: Reason, client: IpAddr, route: &str, now: Instant) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.len() >= MAX_LOG_KEYS {
+            let w = self.window;
+            st.retain(|_, (start, _, suppressed)| {
+                now.duration_since(*start) < w || *suppressed > 0
+            });
+            if st.len() >= MAX_LOG_KEYS {
+                st.clear();
+            }
+        }
+        let e = st
+            .entry((reason, client, route.to_owned()))
+            .or_insert((now, 0, 0));
+        if now.duration_since(e.0) >= self.window {
+            e.0 = now;
+            e.1 = 0;
+        }
+        e.1 += 1;
+        if e.1 <= self.burst {
+            Some(std::mem::take(&mut e.2))
+        } else {
+            e.2 += 1;
+            None
+        }
+    }
+}
+
 /// Logs and counts the refusal, and builds the response.
-pub fn refuse(refusal: &Refusal, ctx: &Context<'_>, metrics: &Metrics) -> Response<Body> {
+pub fn refuse(
+    refusal: &Refusal,
+    ctx: &Context<'_>,
+    metrics: &Metrics,
+    limiter: &LogLimiter,
+) -> Response<Body> {
     let reason = refusal.reason;
     metrics.refused(reason);
+    let Some(suppressed_before) =
+        limiter.admit(reason, ctx.client, ctx.route.unwrap_or("-"), Instant::now())
+    else {
+        return response(reason, ctx.request_id, ctx.explain, refusal.retry_after);
+    };
     tracing::info!(
         target: "wsgate::refusal",
+        suppressed_before,
         request_id = ctx.request_id,
         peer = %ctx.peer,
         client = %ctx.client,
@@ -127,6 +197,26 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identical_refusals_are_limited_in_the_log() {
+        let l = LogLimiter::new(2, Duration::from_secs(10));
+        let t = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), Some(0));
+        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), Some(0));
+        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), None);
+        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), None);
+        assert_eq!(
+            l.admit(Reason::AuthMissing, ip, "/ws", t),
+            Some(0),
+            "another code"
+        );
+        assert_eq!(
+            l.admit(Reason::AuthInvalid, ip, "/ws", t + Duration::from_secs(11)),
+            Some(2)
+        );
+    }
 
     #[test]
     fn explain_levels() {

@@ -57,6 +57,7 @@ struct Shared {
     next_conn: AtomicU64,
     global: wsgate_admission::Global,
     limits: Arc<wsgate_admission::limits::Limits>,
+    log_limiter: refusal::LogLimiter,
     shutdown: watch::Receiver<bool>,
     upstream_tls: Vec<Option<TlsConnector>>,
 }
@@ -189,6 +190,8 @@ impl Server {
                 .map(wsgate_admission::firewall::Bans::new),
         };
         let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
+        let log_limiter =
+            refusal::LogLimiter::new(config.logging.refusal_burst, config.logging.refusal_window);
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -200,6 +203,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 global,
                 limits,
+                log_limiter,
                 shutdown,
                 upstream_tls,
             }),
@@ -624,7 +628,7 @@ fn refuse_with(
     {
         tracing::warn!(request_id, client = %client, "client banned after repeated refused handshakes");
     }
-    refusal::refuse(refusal, &c, &ctx.shared.metrics)
+    refusal::refuse(refusal, &c, &ctx.shared.metrics, &ctx.shared.log_limiter)
 }
 
 fn forwarded_headers(from: &HeaderMap, names: &[http::HeaderName]) -> HeaderMap {
