@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod external;
 pub mod firewall;
 pub mod host;
 pub mod jwt;
@@ -68,6 +69,9 @@ pub struct Policy {
     pub auth: Option<auth::AuthPolicy>,
     /// What an authenticated client may do here (requires `auth`).
     pub authz: authz::AuthzPolicy,
+    /// Authentication delegated to an HTTP service; the server makes the call between
+    /// [`Policy::before_auth`] and [`Policy::after_auth`].
+    pub external: Option<external::ExternalPolicy>,
 }
 
 /// What admission learned about an admitted client.
@@ -81,17 +85,11 @@ pub struct Admitted {
 }
 
 impl Policy {
-    /// Runs the route's gates in order; the first refusal wins.
+    /// Runs the route's gates in order; the first refusal wins. Routes with an external check
+    /// are driven through [`Policy::before_auth`] and [`Policy::after_auth`] instead, with the
+    /// server's HTTP call in between.
     pub fn admit(&self, req: &Request<'_>) -> Result<Admitted, Refusal> {
-        self.firewall.check(req.client, "route")?;
-        if self.client_cert_required && req.client_cert.is_none() {
-            return Err(Refusal::new(
-                Reason::TlsClientCertRequired,
-                "the route requires a client certificate and the TLS handshake presented none",
-            ));
-        }
-        self.host.check(req.host)?;
-        self.origin.check(req)?;
+        self.before_auth(req)?;
         let (identity, subprotocols) = match &self.auth {
             Some(a) => {
                 let (id, rest) = a.authenticate(req)?;
@@ -103,6 +101,29 @@ impl Policy {
                 req.subprotocols.to_vec(),
             ),
         };
+        self.after_auth(identity, subprotocols, req)
+    }
+
+    /// The gates before authentication: route firewall, TLS identity, host, origin.
+    pub fn before_auth(&self, req: &Request<'_>) -> Result<(), Refusal> {
+        self.firewall.check(req.client, "route")?;
+        if self.client_cert_required && req.client_cert.is_none() {
+            return Err(Refusal::new(
+                Reason::TlsClientCertRequired,
+                "the route requires a client certificate and the TLS handshake presented none",
+            ));
+        }
+        self.host.check(req.host)?;
+        self.origin.check(req)
+    }
+
+    /// The gate after authentication: authorization over the identity.
+    pub fn after_auth(
+        &self,
+        identity: Option<auth::Identity>,
+        subprotocols: Vec<String>,
+        req: &Request<'_>,
+    ) -> Result<Admitted, Refusal> {
         self.authz
             .check(identity.as_ref(), req.client_cert, req.params)?;
         Ok(Admitted {

@@ -165,6 +165,13 @@ catalog! {
         operator: "Nothing to change unless clocks are skewed: the route's `auth.jwt.leeway` allows for small clock differences.",
         client: "Get a fresh token and reconnect; refresh tokens before `exp`, and reconnect with the new one.",
     },
+    /// The external authentication service could not be asked.
+    AuthUnavailable => {
+        code: "auth.unavailable", status: 503,
+        message: "The service that checks credentials for this route did not answer, or answered with an error.",
+        operator: "Check the route's `auth.external.url` service: the log line names the timeout, connection error or status it gave (only 2xx, 401 and 403 are decisions).",
+        client: "Retry after `Retry-After`; the credential was not judged, so it may well be valid.",
+    },
     /// The client is authenticated but not allowed on this route.
     AuthzForbidden => {
         code: "authz.forbidden", status: 403,

@@ -230,6 +230,18 @@ struct RawAuth {
     dev_token: bool,
     #[serde(default)]
     jwt: Vec<RawJwt>,
+    external: Option<RawExternal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExternal {
+    url: String,
+    timeout: Option<String>,
+    cache_ttl: Option<String>,
+    identity_header: Option<String>,
+    #[serde(default)]
+    identity_headers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +404,53 @@ pub struct Route {
     pub forward_headers: Vec<http::HeaderName>,
     /// The admission gates' settings for this route.
     pub policy: wsgate_admission::Policy,
+    /// Where the external check of `policy.external` is sent.
+    pub external: Option<HttpTarget>,
+    /// Subprotocol prefixes that carry credentials (removed before selection).
+    pub token_prefixes: Vec<String>,
+}
+
+/// An `http://` or `https://` service wsgate calls (the external check).
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    /// `https://`.
+    pub tls: bool,
+    /// Host name for connecting and TLS.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `Host` header value.
+    pub authority: String,
+    /// Request target.
+    pub path_and_query: String,
+}
+
+fn parse_http_target(url: &str) -> Result<HttpTarget, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL like http://127.0.0.1:9000/check"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    Ok(HttpTarget {
+        tls,
+        host: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        authority: authority.as_str().to_owned(),
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+    })
 }
 
 /// A proxy route's upstream WebSocket server.
@@ -751,7 +810,56 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             .map_err(|(k, m)| err(format!("route[{i}].firewall.{k}"), m))?;
         let host = wsgate_admission::host::HostPolicy::parse(&r.hosts)
             .map_err(|(j, m)| err(format!("route[{i}].hosts[{j}]"), m))?;
-        let auth = match &r.auth {
+        let (external_policy, external) = match r.auth.as_ref().and_then(|a| a.external.as_ref()) {
+            None => (None, None),
+            Some(x) => {
+                let k = |f: &str| format!("route[{i}].auth.external.{f}");
+                if let Some(a) = &r.auth {
+                    if !a.api_keys.is_empty() || !a.jwt.is_empty() || a.dev_token {
+                        return Err(err(
+                            format!("route[{i}].auth.external"),
+                            "the external check decides alone: remove api_keys, jwt and dev_token from this route's auth".into(),
+                        ));
+                    }
+                }
+                let target = parse_http_target(&x.url).map_err(|m| err(k("url"), m))?;
+                let dur = |f: &str, v: &Option<String>, d: Duration| match v {
+                    None => Ok(d),
+                    Some(s) if s.trim() == "0s" => Ok(Duration::ZERO),
+                    Some(s) => parse_duration(s).map_err(|m| err(k(f), m)),
+                };
+                let header = |f: &str, v: &str| {
+                    http::HeaderName::from_bytes(v.as_bytes())
+                        .map_err(|_| err(k(f), format!("{v:?} is not a header name")))
+                };
+                let policy = wsgate_admission::external::ExternalPolicy {
+                    url: x.url.clone(),
+                    timeout: dur("timeout", &x.timeout, Duration::from_secs(2))?,
+                    cache_ttl: dur("cache_ttl", &x.cache_ttl, Duration::ZERO)?,
+                    identity_header: header(
+                        "identity_header",
+                        x.identity_header.as_deref().unwrap_or("x-auth-user"),
+                    )?,
+                    identity_headers: x
+                        .identity_headers
+                        .iter()
+                        .map(|h| header("identity_headers", h))
+                        .collect::<Result<_, _>>()?,
+                };
+                (Some(policy), Some(target))
+            }
+        };
+        let token_prefixes: Vec<String> = r
+            .auth
+            .as_ref()
+            .and_then(|a| a.sources.as_ref())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.strip_prefix("subprotocol:").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let auth = match r.auth.as_ref().filter(|a| a.external.is_none()) {
             None => None,
             Some(a) => Some(
                 auth_policy(a, &mut dev_token, base)
@@ -761,6 +869,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         let authz = match &r.authz {
             None => wsgate_admission::authz::AuthzPolicy::default(),
             Some(z) => {
+                let auth = auth.as_ref().map(|_| ()).or(external.as_ref().map(|_| ()));
                 let needs_identity = !z.require_claims.is_empty()
                     || !z.require_scopes.is_empty()
                     || z.channel.is_some();
@@ -782,7 +891,10 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
                 origin,
                 auth,
                 authz,
+                external: external_policy,
             },
+            external,
+            token_prefixes,
             path: r.path,
             kind: r.kind,
             subprotocols: r.subprotocols,

@@ -6,6 +6,7 @@
 //! metrics ([`metrics`]).
 
 pub mod config;
+pub mod extcheck;
 pub mod hub;
 pub mod ids;
 pub mod metrics;

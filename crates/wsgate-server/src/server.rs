@@ -58,6 +58,8 @@ struct Shared {
     global: wsgate_admission::Global,
     limits: Arc<wsgate_admission::limits::Limits>,
     log_limiter: refusal::LogLimiter,
+    external_cache: wsgate_admission::external::DecisionCache,
+    external_tls: Option<TlsConnector>,
     shutdown: watch::Receiver<bool>,
     upstream_tls: Vec<Option<TlsConnector>>,
 }
@@ -190,6 +192,20 @@ impl Server {
                 .map(wsgate_admission::firewall::Bans::new),
         };
         let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
+        let external_tls = if config
+            .routes
+            .iter()
+            .any(|r| r.external.as_ref().is_some_and(|t| t.tls))
+        {
+            let c = tls::client_config(None).map_err(|message| crate::config::ConfigError {
+                file: config.source.clone(),
+                key: "route".into(),
+                message,
+            })?;
+            Some(TlsConnector::from(c))
+        } else {
+            None
+        };
         let log_limiter =
             refusal::LogLimiter::new(config.logging.refusal_burst, config.logging.refusal_window);
         Ok(Server {
@@ -204,6 +220,8 @@ impl Server {
                 global,
                 limits,
                 log_limiter,
+                external_cache: Default::default(),
+                external_tls,
                 shutdown,
                 upstream_tls,
             }),
@@ -442,7 +460,7 @@ async fn handle(
         Ok(hs) => hs,
         Err(r) => return Ok(refuse(r)),
     };
-    let admitted = match route.policy.admit(&wsgate_admission::Request {
+    let view = wsgate_admission::Request {
         client: client.ip,
         tls: ctx.tls,
         host: &hs.host,
@@ -452,7 +470,19 @@ async fn handle(
         subprotocols: &hs.subprotocols,
         params,
         client_cert: ctx.client_cert.as_ref(),
-    }) {
+    };
+    let admitted = match (&route.policy.external, &route.external) {
+        (Some(policy), Some(target)) => {
+            let uri = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            external_admit(shared, route, policy, target, &view, uri, &request_id).await
+        }
+        _ => route.policy.admit(&view),
+    };
+    let admitted = match admitted {
         Ok(a) => a,
         Err(r) => return Ok(refuse(r)),
     };
@@ -503,9 +533,26 @@ async fn handle(
             } else {
                 subprotocol.iter().cloned().collect()
             };
+            let mut headers = forwarded_headers(req.headers(), &route.forward_headers);
+            // Identity headers the external check returned travel upstream with the connection.
+            if let Some(serde_json::Value::Object(kept)) = admitted
+                .identity
+                .as_ref()
+                .filter(|i| i.source == "external")
+                .and_then(|i| i.claims.as_ref())
+            {
+                for (k, v) in kept {
+                    if let (Ok(n), Some(Ok(v))) = (
+                        http::HeaderName::from_bytes(k.as_bytes()),
+                        v.as_str().map(HeaderValue::from_str),
+                    ) {
+                        headers.insert(n, v);
+                    }
+                }
+            }
             let fwd = proxy::Forward {
                 subprotocols: &upstream_offer,
-                headers: forwarded_headers(req.headers(), &route.forward_headers),
+                headers,
                 client: client.ip,
                 request_id: &request_id,
             };
@@ -602,6 +649,47 @@ async fn handle(
         "handshake admitted"
     );
     Ok(resp)
+}
+
+/// Admission for a route whose authentication is an external HTTP check: the gates before it,
+/// the (cached) call, then authorization.
+async fn external_admit(
+    shared: &Shared,
+    route: &crate::config::Route,
+    policy: &wsgate_admission::external::ExternalPolicy,
+    target: &crate::config::HttpTarget,
+    view: &wsgate_admission::Request<'_>,
+    uri: &str,
+    request_id: &str,
+) -> Result<wsgate_admission::Admitted, Refusal> {
+    use wsgate_admission::external::{self, DecisionCache};
+    route.policy.before_auth(view)?;
+    let headers = external::check_headers(view, uri, request_id);
+    let key = DecisionCache::key(&headers);
+    let now = Instant::now();
+    let decision = match shared.external_cache.get(&key, now) {
+        Some(d) => d,
+        None => {
+            let d =
+                crate::extcheck::call(policy, target, headers, shared.external_tls.as_ref()).await;
+            shared.external_cache.put(key, &d, policy.cache_ttl, now);
+            d
+        }
+    };
+    let identity = decision?;
+    // Entries carrying a credential under a configured prefix are never selectable.
+    let subprotocols = view
+        .subprotocols
+        .iter()
+        .filter(|p| {
+            !route
+                .token_prefixes
+                .iter()
+                .any(|t| p.starts_with(t.as_str()))
+        })
+        .cloned()
+        .collect();
+    route.policy.after_auth(Some(identity), subprotocols, view)
 }
 
 fn refuse_with(
