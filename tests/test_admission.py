@@ -203,3 +203,33 @@ def test_config_errors_for_policies(tmp_path):
         p.write_text(config(routes=f'[[route]]\npath = "/ws"\nkind = "echo"\n{bad}\n'))
         out = subprocess.run([BIN, "check", "--config", str(p)], capture_output=True, text=True)
         assert out.returncode != 0 and f"`{key}`" in out.stderr, (bad, out.stderr)
+
+
+def test_http_basic_with_argon2_from_wsgate_passwd_and_bcrypt(wsgate):
+    import base64
+
+    import bcrypt
+
+    argon = subprocess.run([BIN, "passwd"], input="s3cret\n", capture_output=True, text=True)
+    assert argon.returncode == 0 and argon.stdout.startswith("$argon2id$"), argon.stderr
+    bc = bcrypt.hashpw(b"hunter2", bcrypt.gensalt(rounds=4)).decode()
+    routes = f"""
+    [[route]]
+    path = "/ws/basic"
+    kind = "echo"
+    [route.auth]
+    sources = ["basic"]
+    basic_users = [{{ name = "alice", hash = "{argon.stdout.strip()}" }}, {{ name = "bob", hash = "{bc}" }}]
+    """
+    s = wsgate(config(routes=routes))
+
+    def basic(user_pass):
+        v = base64.b64encode(user_pass.encode()).decode()
+        r = raw(s.port, handshake("/ws/basic", headers=[("Authorization", f"Basic {v}")]))
+        return r.status, r.header("wsgate-reason")
+
+    assert basic("alice:s3cret") == (101, None)
+    assert basic("bob:hunter2") == (101, None)
+    assert basic("alice:wrong") == (401, "auth.invalid")
+    assert basic("mallory:s3cret") == (401, "auth.invalid")
+    assert "s3cret" not in s.log() and "hunter2" not in s.log()

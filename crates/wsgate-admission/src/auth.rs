@@ -21,6 +21,8 @@ pub enum Source {
     Cookie(String),
     /// An offered subprotocol `PREFIXTOKEN`; it is removed before subprotocol selection.
     Subprotocol(String),
+    /// `Authorization: Basic` user and password, checked against `basic_users`.
+    Basic,
 }
 
 impl Source {
@@ -39,11 +41,12 @@ impl Source {
         };
         match kind {
             "bearer" if arg.is_empty() => Ok(Source::Bearer),
+            "basic" if arg.is_empty() => Ok(Source::Basic),
             "query" => need("parameter name").map(Source::Query),
             "cookie" => need("cookie name").map(Source::Cookie),
             "subprotocol" => need("prefix").map(Source::Subprotocol),
             _ => Err(format!(
-                "{s:?} is not a credential source; use bearer, query:NAME, cookie:NAME or subprotocol:PREFIX"
+                "{s:?} is not a credential source; use bearer, basic, query:NAME, cookie:NAME or subprotocol:PREFIX"
             )),
         }
     }
@@ -61,6 +64,7 @@ impl std::fmt::Display for Source {
             Source::Query(n) => write!(f, "query:{n}"),
             Source::Cookie(n) => write!(f, "cookie:{n}"),
             Source::Subprotocol(p) => write!(f, "subprotocol:{p}"),
+            Source::Basic => f.write_str("basic"),
         }
     }
 }
@@ -133,6 +137,79 @@ pub struct AuthPolicy {
     pub api_keys: Vec<ApiKey>,
     /// Accepted JWT issuers and their keys.
     pub jwt: Vec<crate::jwt::JwtIssuer>,
+    /// Users of the `basic` source, with password hashes.
+    pub basic_users: Vec<BasicUser>,
+}
+
+/// A user of HTTP Basic authentication; only a slow password hash is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicUser {
+    /// The user name; becomes the identity.
+    pub name: String,
+    hash: String,
+}
+
+impl std::fmt::Debug for BasicUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checked against when the user does not exist, so timing does not reveal which users do.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$7mO3s3VhIF0M2y3Y0nJtP1cSkzJxZbJ9nGQm2wMZCj8";
+
+impl BasicUser {
+    /// A user with an argon2 (`$argon2id$…`) or bcrypt (`$2b$…`) hash.
+    pub fn new(name: &str, hash: &str) -> Result<BasicUser, String> {
+        if name.is_empty() || name.contains(':') {
+            return Err(format!(
+                "user name {name:?} must be non-empty and contain no `:`"
+            ));
+        }
+        let ok = if hash.starts_with("$argon2") {
+            argon2::PasswordHash::new(hash).is_ok()
+        } else if hash.starts_with("$2") {
+            hash.len() == 60
+        } else {
+            false
+        };
+        if !ok {
+            return Err(
+                "hash must be an argon2 PHC string ($argon2id$…, from `wsgate passwd`) or a bcrypt hash ($2b$…)".into(),
+            );
+        }
+        Ok(BasicUser {
+            name: name.to_owned(),
+            hash: hash.to_owned(),
+        })
+    }
+
+    fn verify(hash: &str, password: &str) -> bool {
+        use argon2::PasswordVerifier;
+        if hash.starts_with("$argon2") {
+            argon2::PasswordHash::new(hash)
+                .map(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        } else {
+            bcrypt::verify(password, hash).unwrap_or(false)
+        }
+    }
+}
+
+/// An argon2id hash of `password` with the given salt, for `basic_users` (what `wsgate passwd` prints).
+pub fn hash_password(password: &str, salt: &[u8; 16]) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::encode_b64(salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Who an authenticated client is.
@@ -162,6 +239,7 @@ impl Identity {
 
 /// A credential found in a request, with the subprotocols that remain once it is removed.
 struct Found {
+    basic: bool,
     token: String,
     source: String,
     rest: Vec<String>,
@@ -180,6 +258,33 @@ impl AuthPolicy {
                 ),
             ));
         };
+        if found.basic {
+            let (user, password) = found
+                .token
+                .split_once(':')
+                .unwrap_or((found.token.as_str(), ""));
+            let entry = self.basic_users.iter().find(|u| u.name == user);
+            let ok = BasicUser::verify(
+                entry.map(|u| u.hash.as_str()).unwrap_or(DUMMY_HASH),
+                password,
+            );
+            return match (entry, ok) {
+                (Some(u), true) => Ok((
+                    Identity {
+                        name: u.name.clone(),
+                        source: found.source,
+                        claims: None,
+                        scopes: Vec::new(),
+                    },
+                    found.rest,
+                )),
+                // Whether the user exists is not said, not even in the log.
+                _ => Err(Refusal::new(
+                    Reason::AuthInvalid,
+                    "the basic credentials do not match a configured user and password",
+                )),
+            };
+        }
         if !self.jwt.is_empty()
             && (crate::jwt::looks_like_jwt(&found.token) || self.api_keys.is_empty())
         {
@@ -232,6 +337,7 @@ impl AuthPolicy {
 
     fn find(&self, req: &Request<'_>) -> Option<Found> {
         let plain = |token: String, s: &Source| Found {
+            basic: false,
             token,
             source: s.label(),
             rest: req.subprotocols.to_vec(),
@@ -270,6 +376,26 @@ impl AuthPolicy {
                         (k == name).then(|| v.trim_matches('"').to_owned())
                     })
                     .map(|t| plain(t, s)),
+                Source::Basic => req
+                    .headers
+                    .get_all(AUTHORIZATION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|v| {
+                        let (scheme, b64) = v.trim().split_once(' ')?;
+                        if !scheme.eq_ignore_ascii_case("basic") {
+                            return None;
+                        }
+                        use base64::Engine as _;
+                        let raw = base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .unwrap_or_default();
+                        Some(String::from_utf8(raw).unwrap_or_default())
+                    })
+                    .map(|t| Found {
+                        basic: true,
+                        ..plain(t, s)
+                    }),
                 Source::Subprotocol(prefix) => req
                     .subprotocols
                     .iter()
@@ -278,6 +404,7 @@ impl AuthPolicy {
                         let mut rest = req.subprotocols.to_vec();
                         let entry = rest.remove(i);
                         Found {
+                            basic: false,
                             token: entry[prefix.len()..].to_owned(),
                             source: s.label(),
                             rest,
@@ -347,6 +474,7 @@ mod tests {
             .collect(),
             api_keys: vec![ApiKey::from_secret("ci", KEY)],
             jwt: Vec::new(),
+            basic_users: Vec::new(),
         }
     }
 
@@ -429,6 +557,55 @@ mod tests {
         let k = ApiKey::from_hex("a", &"0f".repeat(32)).unwrap();
         assert_eq!(k.sha256[0], 0x0f);
         assert!(!format!("{k:?}").contains("15"), "digests are not printed");
+    }
+
+    #[test]
+    fn basic_users_with_argon2_and_bcrypt() {
+        let argon = hash_password("s3cret", b"0123456789abcdef").unwrap();
+        let bc = bcrypt::hash("hunter2", 4).unwrap();
+        let p = AuthPolicy {
+            sources: vec![Source::Basic],
+            api_keys: Vec::new(),
+            jwt: Vec::new(),
+            basic_users: vec![
+                BasicUser::new("alice", &argon).unwrap(),
+                BasicUser::new("bob", &bc).unwrap(),
+            ],
+        };
+        let try_auth = |user_pass: &str| {
+            use base64::Engine as _;
+            let mut h = HeaderMap::new();
+            let v = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            );
+            h.insert("authorization", HeaderValue::from_str(&v).unwrap());
+            p.authenticate(&Request {
+                client: "127.0.0.1".parse().unwrap(),
+                tls: false,
+                host: "x",
+                origin: None,
+                headers: &h,
+                query: None,
+                subprotocols: &[],
+                params: &[],
+                client_cert: None,
+            })
+        };
+        assert_eq!(try_auth("alice:s3cret").unwrap().0.name, "alice");
+        assert_eq!(try_auth("bob:hunter2").unwrap().0.name, "bob");
+        assert_eq!(
+            try_auth("alice:wrong").unwrap_err().reason,
+            Reason::AuthInvalid
+        );
+        let e = try_auth("mallory:s3cret").unwrap_err();
+        assert!(!e.detail.contains("mallory"), "unknown users are not named");
+        assert!(BasicUser::new("a", "plain").is_err());
+        assert!(
+            argon2::PasswordHash::new(DUMMY_HASH).is_ok(),
+            "unknown users cost a real verification"
+        );
+        assert!(BasicUser::new("a:b", &argon).is_err());
     }
 
     #[test]

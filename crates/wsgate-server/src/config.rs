@@ -231,6 +231,15 @@ struct RawAuth {
     #[serde(default)]
     jwt: Vec<RawJwt>,
     external: Option<RawExternal>,
+    #[serde(default)]
+    basic_users: Vec<RawBasicUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicUser {
+    name: String,
+    hash: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1130,7 +1139,27 @@ fn auth_policy(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if api_keys.is_empty() && jwt.is_empty() {
+    let basic_users = a
+        .basic_users
+        .iter()
+        .enumerate()
+        .map(|(j, u)| {
+            wsgate_admission::auth::BasicUser::new(&u.name, &u.hash)
+                .map_err(|m| (format!("basic_users[{j}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_basic_source = sources.contains(&Source::Basic);
+    if has_basic_source == basic_users.is_empty() {
+        return Err(if has_basic_source {
+            ("basic_users".into(), "the `basic` source needs users: basic_users = [{ name = \"alice\", hash = \"…\" }] (`wsgate passwd` makes a hash)".into())
+        } else {
+            (
+                "sources".into(),
+                "basic_users are configured but `basic` is not among the sources".into(),
+            )
+        });
+    }
+    if api_keys.is_empty() && jwt.is_empty() && basic_users.is_empty() {
         return Err((
             "api_keys".into(),
             "no verifier: add `api_keys = [{ name = \"ci\", sha256 = \"…\" }]` (printf %s KEY | sha256sum) or `dev_token = true`, or a `[[route.auth.jwt]]` issuer".into(),
@@ -1140,6 +1169,7 @@ fn auth_policy(
         sources,
         api_keys,
         jwt,
+        basic_users,
     })
 }
 

@@ -19,6 +19,16 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// `N` bytes from the OS random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    for chunk in b.chunks_mut(8) {
+        let r = random_u64().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    b
+}
+
 /// A new request id: 16 hex digits, a random per-process base plus a counter.
 pub fn request_id() -> String {
     static BASE: OnceLock<u64> = OnceLock::new();

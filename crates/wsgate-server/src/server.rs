@@ -480,6 +480,15 @@ async fn handle(
                 .unwrap_or("/");
             external_admit(shared, route, policy, target, &view, uri, &request_id).await
         }
+        // Password hashes are slow on purpose: verify them off the async workers' hot path.
+        _ if route
+            .policy
+            .auth
+            .as_ref()
+            .is_some_and(|a| !a.basic_users.is_empty()) =>
+        {
+            tokio::task::block_in_place(|| route.policy.admit(&view))
+        }
         _ => route.policy.admit(&view),
     };
     let admitted = match admitted {

@@ -29,6 +29,8 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Hash a password (read from standard input) for `basic_users`, with argon2id.
+    Passwd,
     /// List every refusal reason code (`--markdown` writes docs/refusals.md).
     Reasons {
         /// Print the Markdown documentation instead of a table.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Cert(CertCommand::Dev { hosts, out, days }) => cert_dev(&hosts, &out, days),
+        Command::Passwd => passwd(),
         Command::Reasons { markdown } => {
             if markdown {
                 print!("{}", wsgate_reasons::markdown());
@@ -422,6 +425,30 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     opts.open(path)?.write_all(data)
+}
+
+fn passwd() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        return fail(&format!(
+            "cannot read the password from standard input: {e}"
+        ));
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return fail(
+            "empty password: type it on standard input, e.g. `printf %s 'secret' | wsgate passwd`",
+        );
+    }
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&wsgate_server::ids::random_bytes::<16>());
+    match wsgate_admission::auth::hash_password(password, &salt) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("hashing failed: {e}")),
+    }
 }
 
 fn init_logging(config: &Config) {
