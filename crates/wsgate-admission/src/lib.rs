@@ -14,6 +14,7 @@ pub mod host;
 pub mod jwt;
 pub mod limits;
 pub mod origin;
+pub mod proxy_protocol;
 
 pub use wsgate_handshake::Refusal;
 pub use wsgate_reasons::Reason;
@@ -145,6 +146,11 @@ pub struct Global {
 }
 
 impl Global {
+    /// Whether a peer's statements about the client (forwarding and PROXY headers) are believed.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+
     /// The client address for a TCP peer and request headers.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> firewall::ClientAddress {
         firewall::client_address(peer, headers, &self.trusted_proxies)

@@ -117,6 +117,8 @@ struct RawListener {
     address: String,
     explain: Option<Explain>,
     tls: Option<RawTls>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +333,8 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Whether `explain` was written in the file (otherwise it follows the address).
     pub explain_explicit: bool,
+    /// Every connection starts with a PROXY protocol v1/v2 header (believed from trusted proxies).
+    pub proxy_protocol: bool,
 }
 
 /// Certificate chain and key files for a TLS listener.
@@ -602,6 +606,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             explain,
             tls,
             explain_explicit: l.explain.is_some(),
+            proxy_protocol: l.proxy_protocol,
         });
     }
     let admin = if raw.admin.enabled {
@@ -913,6 +918,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             forward_headers,
         });
     }
+    let firewall =
+        global_firewall(&raw_firewall).map_err(|(k, m)| err(format!("firewall.{k}"), m))?;
+    if let Some(i) = listeners.iter().position(|l| l.proxy_protocol) {
+        if firewall.trusted_proxies.is_empty() {
+            return Err(err(
+                format!("listener[{i}].proxy_protocol"),
+                "PROXY headers are believed only from trusted peers: list the load balancer in firewall.trusted_proxies".into(),
+            ));
+        }
+    }
     Ok(Config {
         source: source.to_owned(),
         listeners,
@@ -921,8 +936,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         logging,
         routes,
         dev_token,
-        firewall: global_firewall(&raw_firewall)
-            .map_err(|(k, m)| err(format!("firewall.{k}"), m))?,
+        firewall,
     })
 }
 

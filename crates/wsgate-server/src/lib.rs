@@ -11,6 +11,7 @@ pub mod hub;
 pub mod ids;
 pub mod metrics;
 pub mod proxy;
+pub mod proxyproto;
 pub mod refusal;
 pub mod routes;
 pub mod server;

@@ -69,6 +69,7 @@ struct Bound {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     explain: Explain,
+    proxy_protocol: bool,
 }
 
 /// A bound, ready-to-run server.
@@ -160,6 +161,7 @@ impl Server {
                 listener,
                 tls,
                 explain: l.explain,
+                proxy_protocol: l.proxy_protocol,
             });
         }
         let admin = match config.admin {
@@ -297,9 +299,10 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
         listener,
         tls,
         explain,
+        proxy_protocol,
     } = b;
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, tcp_peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -313,6 +316,29 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
         let track = track.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let timeout = shared.config.limits.handshake_timeout;
+            let mut peer = tcp_peer;
+            if proxy_protocol {
+                match tokio::time::timeout(timeout, crate::proxyproto::read_header(&mut stream))
+                    .await
+                {
+                    Ok(Ok(Some(src))) if shared.global.is_trusted(tcp_peer.ip()) => peer = src,
+                    Ok(Ok(Some(src))) => tracing::info!(
+                        peer = %tcp_peer,
+                        stated = %src,
+                        "PROXY header from a peer not in firewall.trusted_proxies: ignored"
+                    ),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %tcp_peer, error = %e, "connection closed: no valid PROXY header");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(peer = %tcp_peer, "connection closed: no PROXY header in time");
+                        return;
+                    }
+                }
+            }
             let ctx = |client_cert| {
                 Arc::new(ConnCtx {
                     shared: shared.clone(),
@@ -326,7 +352,6 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
             match &tls {
                 None => serve_http(stream, ctx(None)).await,
                 Some(acceptor) => {
-                    let timeout = shared.config.limits.handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             let cert = s

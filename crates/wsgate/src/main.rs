@@ -243,6 +243,9 @@ fn check(args: ConfigArg) -> ExitCode {
             l.address,
             explain_name(l.explain)
         );
+        if l.proxy_protocol {
+            print!(" proxy_protocol");
+        }
         if let Some(t) = &l.tls {
             if let Some(ca) = &t.client_ca {
                 print!(
