@@ -233,3 +233,60 @@ def test_http_basic_with_argon2_from_wsgate_passwd_and_bcrypt(wsgate):
     assert basic("alice:wrong") == (401, "auth.invalid")
     assert basic("mallory:s3cret") == (401, "auth.invalid")
     assert "s3cret" not in s.log() and "hunter2" not in s.log()
+
+
+def test_listener_policy_is_inherited_and_routes_may_override_or_tighten(wsgate):
+    text = f"""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.policy]
+origins = ["https://app.example.com"]
+firewall = {{ deny = ["127.0.0.3"] }}
+[listener.policy.auth]
+sources = ["bearer"]
+api_keys = [{{ name = "ci", sha256 = "{KEY_SHA}" }}]
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[logging]
+refusal_burst = 100000
+
+[[route]]
+path = "/ws/inherits"
+kind = "echo"
+
+[[route]]
+path = "/ws/own-origins"
+kind = "echo"
+origins = ["https://other.example.com"]
+firewall = {{ deny = ["127.0.0.4"] }}
+"""
+    s = wsgate(text)
+    strict, open_port = s.port, int(s.urls[1].rsplit(":", 1)[1])
+    app = [("Origin", "https://app.example.com")]
+    bearer = [("Authorization", f"Bearer {KEY}")]
+    # the listener's policy applies to a route without its own
+    assert raw(strict, handshake("/ws/inherits", headers=app)).header("wsgate-reason") == "auth.missing"
+    assert raw(strict, handshake("/ws/inherits", headers=[("Origin", "https://evil.test")] + bearer)).status == 403
+    assert raw(strict, handshake("/ws/inherits", headers=app + bearer)).status == 101
+    # a route's own setting overrides it; the listener's auth still applies
+    assert raw(strict, handshake("/ws/own-origins", headers=app + bearer)).status == 403
+    assert raw(strict, handshake("/ws/own-origins", headers=[("Origin", "https://other.example.com")] + bearer)).status == 101
+    # the same routes on the other listener have no listener policy
+    assert raw(open_port, handshake("/ws/inherits")).status == 101
+    # firewall rules of listener and route both apply (a route can only tighten)
+    from test_firewall import raw_from
+
+    assert raw_from("127.0.0.3", strict, handshake("/ws/own-origins", headers=app + bearer))[0] == 403
+    assert raw_from("127.0.0.4", strict, handshake("/ws/own-origins", headers=[("Origin", "https://other.example.com")] + bearer))[0] == 403
+    assert raw_from("127.0.0.3", open_port, handshake("/ws/inherits"))[0] == 101
+    out = subprocess.run([BIN, "check", "--config", str(s.config_path)], capture_output=True, text=True)
+    assert out.returncode == 0 and "on listener[0]:" in out.stdout and "listener firewall" in out.stdout
+
+
+def test_listener_policy_errors_name_the_listener_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[[listener]]\naddress = "127.0.0.1:0"\n[listener.policy]\norigins = ["*"]\n[[route]]\npath = "/ws"\nkind = "echo"\n')
+    out = subprocess.run([BIN, "check", "--config", str(p)], capture_output=True, text=True)
+    assert out.returncode != 0 and "`listener[0].policy.origins[0]`" in out.stderr, out.stderr

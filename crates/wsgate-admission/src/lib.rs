@@ -58,7 +58,9 @@ pub struct ClientCert {
 /// The effective policy of one route on one listener.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    /// The route's own address rules (the global ones run before route lookup).
+    /// The listener's address rules for its routes (the global ones run before route lookup).
+    pub listener_firewall: firewall::IpRules,
+    /// The route's own address rules; they apply on top of the listener's.
     pub firewall: firewall::IpRules,
     /// Whether the route requires a verified client certificate (TLS identity gate).
     pub client_cert_required: bool,
@@ -107,6 +109,7 @@ impl Policy {
 
     /// The gates before authentication: route firewall, TLS identity, host, origin.
     pub fn before_auth(&self, req: &Request<'_>) -> Result<(), Refusal> {
+        self.listener_firewall.check(req.client, "listener")?;
         self.firewall.check(req.client, "route")?;
         if self.client_cert_required && req.client_cert.is_none() {
             return Err(Refusal::new(

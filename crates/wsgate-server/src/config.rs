@@ -102,7 +102,7 @@ struct RawBan {
     duration: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRouteFirewall {
     #[serde(default)]
@@ -114,11 +114,26 @@ struct RawRouteFirewall {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
+    policy: Option<RawPolicy>,
     address: String,
     explain: Option<Explain>,
     tls: Option<RawTls>,
     #[serde(default)]
     proxy_protocol: bool,
+}
+
+/// Admission settings; a listener's apply to every route on it unless the route sets its own
+/// (firewall rules of both apply).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    origins: Option<Vec<String>>,
+    allow_missing_origin: Option<bool>,
+    hosts: Option<Vec<String>>,
+    firewall: Option<RawRouteFirewall>,
+    auth: Option<RawAuth>,
+    authz: Option<RawAuthz>,
+    client_cert: Option<ClientCertRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,8 +208,7 @@ struct RawRoute {
     allow_missing_origin: Option<bool>,
     auth: Option<RawAuth>,
     firewall: Option<RawRouteFirewall>,
-    #[serde(default)]
-    hosts: Vec<String>,
+    hosts: Option<Vec<String>>,
     authz: Option<RawAuthz>,
     client_cert: Option<ClientCertRule>,
 }
@@ -207,7 +221,7 @@ enum ClientCertRule {
     Optional,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuthz {
     #[serde(default)]
@@ -222,7 +236,7 @@ struct RawAuthz {
     cert_sans: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     sources: Option<Vec<String>>,
@@ -237,14 +251,14 @@ struct RawAuth {
     basic_users: Vec<RawBasicUser>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBasicUser {
     name: String,
     hash: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExternal {
     url: String,
@@ -255,7 +269,7 @@ struct RawExternal {
     identity_headers: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {
     issuer: Option<String>,
@@ -271,7 +285,7 @@ struct RawJwt {
     jwks_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApiKey {
     name: String,
@@ -415,9 +429,23 @@ pub struct Route {
     pub upstream: Option<Upstream>,
     /// Proxy routes: request headers copied from the client to the upstream handshake.
     pub forward_headers: Vec<http::HeaderName>,
-    /// The admission gates' settings for this route.
-    pub policy: wsgate_admission::Policy,
-    /// Where the external check of `policy.external` is sent.
+    /// The effective admission settings of this route on each listener (by listener index).
+    pub policies: Vec<RoutePolicy>,
+}
+
+impl Route {
+    /// The effective policy on listener `listener`.
+    pub fn policy(&self, listener: usize) -> &RoutePolicy {
+        &self.policies[listener.min(self.policies.len() - 1)]
+    }
+}
+
+/// A route's effective admission settings on one listener.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    /// The gates' settings.
+    pub gates: wsgate_admission::Policy,
+    /// Where the external check of `gates.external` is sent.
     pub external: Option<HttpTarget>,
     /// Subprotocol prefixes that carry credentials (removed before selection).
     pub token_prefixes: Vec<String>,
@@ -712,8 +740,24 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         ));
     }
     let raw_firewall = raw.firewall;
-    let mut routes = Vec::new();
     let mut dev_token = None;
+    let mut listener_policies = Vec::new();
+    for (l, rl) in raw.listeners.iter().enumerate() {
+        let lp = rl.policy.clone().unwrap_or_default();
+        if rl.policy.is_some() {
+            // Checked on its own so that a mistake is reported at the listener's key.
+            build_policy(
+                &lp,
+                "/",
+                &format!("listener[{l}].policy"),
+                &mut dev_token,
+                base,
+            )
+            .map_err(|(k, m)| err(k, m))?;
+        }
+        listener_policies.push(lp);
+    }
+    let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = |k: &str| format!("route[{i}].{k}");
         crate::routes::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
@@ -814,101 +858,42 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             }
             forward_headers.push(name);
         }
-        let origin = wsgate_admission::origin::OriginPolicy::parse(
-            r.origins.as_deref().unwrap_or(&["same-origin".to_owned()]),
-            r.allow_missing_origin.unwrap_or(true),
-        )
-        .map_err(|(j, m)| err(format!("route[{i}].origins[{j}]"), m))?;
-        let fw = r.firewall.unwrap_or_default();
-        let firewall = wsgate_admission::firewall::IpRules::parse(&fw.allow, &fw.deny)
-            .map_err(|(k, m)| err(format!("route[{i}].firewall.{k}"), m))?;
-        let host = wsgate_admission::host::HostPolicy::parse(&r.hosts)
-            .map_err(|(j, m)| err(format!("route[{i}].hosts[{j}]"), m))?;
-        let (external_policy, external) = match r.auth.as_ref().and_then(|a| a.external.as_ref()) {
-            None => (None, None),
-            Some(x) => {
-                let k = |f: &str| format!("route[{i}].auth.external.{f}");
-                if let Some(a) = &r.auth {
-                    if !a.api_keys.is_empty() || !a.jwt.is_empty() || a.dev_token {
-                        return Err(err(
-                            format!("route[{i}].auth.external"),
-                            "the external check decides alone: remove api_keys, jwt and dev_token from this route's auth".into(),
-                        ));
-                    }
-                }
-                let target = parse_http_target(&x.url).map_err(|m| err(k("url"), m))?;
-                let dur = |f: &str, v: &Option<String>, d: Duration| match v {
-                    None => Ok(d),
-                    Some(s) if s.trim() == "0s" => Ok(Duration::ZERO),
-                    Some(s) => parse_duration(s).map_err(|m| err(k(f), m)),
-                };
-                let header = |f: &str, v: &str| {
-                    http::HeaderName::from_bytes(v.as_bytes())
-                        .map_err(|_| err(k(f), format!("{v:?} is not a header name")))
-                };
-                let policy = wsgate_admission::external::ExternalPolicy {
-                    url: x.url.clone(),
-                    timeout: dur("timeout", &x.timeout, Duration::from_secs(2))?,
-                    cache_ttl: dur("cache_ttl", &x.cache_ttl, Duration::ZERO)?,
-                    identity_header: header(
-                        "identity_header",
-                        x.identity_header.as_deref().unwrap_or("x-auth-user"),
-                    )?,
-                    identity_headers: x
-                        .identity_headers
-                        .iter()
-                        .map(|h| header("identity_headers", h))
-                        .collect::<Result<_, _>>()?,
-                };
-                (Some(policy), Some(target))
-            }
+        let own = RawPolicy {
+            origins: r.origins,
+            allow_missing_origin: r.allow_missing_origin,
+            hosts: r.hosts,
+            firewall: r.firewall,
+            auth: r.auth,
+            authz: r.authz,
+            client_cert: r.client_cert,
         };
-        let token_prefixes: Vec<String> = r
-            .auth
-            .as_ref()
-            .and_then(|a| a.sources.as_ref())
-            .map(|v| {
-                v.iter()
-                    .filter_map(|s| s.strip_prefix("subprotocol:").map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let auth = match r.auth.as_ref().filter(|a| a.external.is_none()) {
-            None => None,
-            Some(a) => Some(
-                auth_policy(a, &mut dev_token, base)
-                    .map_err(|(k, m)| err(format!("route[{i}].auth.{k}"), m))?,
-            ),
-        };
-        let authz = match &r.authz {
-            None => wsgate_admission::authz::AuthzPolicy::default(),
-            Some(z) => {
-                let auth = auth.as_ref().map(|_| ()).or(external.as_ref().map(|_| ()));
-                let needs_identity = !z.require_claims.is_empty()
-                    || !z.require_scopes.is_empty()
-                    || z.channel.is_some();
-                if auth.is_none() && needs_identity {
-                    return Err(err(
-                        key("authz"),
-                        "claim, scope and channel rules need an authenticated client: add `[route.auth]` to this route".into(),
-                    ));
-                }
-                authz_policy(z, &r.path)
-                    .map_err(|(k, m)| err(format!("route[{i}].authz.{k}"), m))?
-            }
-        };
+        let mut policies = Vec::new();
+        for (l, lp) in listener_policies.iter().enumerate() {
+            let merged = RawPolicy {
+                origins: own.origins.clone().or_else(|| lp.origins.clone()),
+                allow_missing_origin: own.allow_missing_origin.or(lp.allow_missing_origin),
+                hosts: own.hosts.clone().or_else(|| lp.hosts.clone()),
+                firewall: own.firewall.clone(),
+                auth: own.auth.clone().or_else(|| lp.auth.clone()),
+                authz: own.authz.clone().or_else(|| lp.authz.clone()),
+                client_cert: own.client_cert.or(lp.client_cert),
+            };
+            let listener_fw = lp.firewall.clone().unwrap_or_default();
+            let mut p = build_policy(
+                &merged,
+                &r.path,
+                &format!("route[{i}]"),
+                &mut dev_token,
+                base,
+            )
+            .map_err(|(k, m)| err(k, m))?;
+            p.gates.listener_firewall =
+                wsgate_admission::firewall::IpRules::parse(&listener_fw.allow, &listener_fw.deny)
+                    .map_err(|(k, m)| err(format!("listener[{l}].policy.firewall.{k}"), m))?;
+            policies.push(p);
+        }
         routes.push(Route {
-            policy: wsgate_admission::Policy {
-                client_cert_required: r.client_cert == Some(ClientCertRule::Required),
-                firewall,
-                host,
-                origin,
-                auth,
-                authz,
-                external: external_policy,
-            },
-            external,
-            token_prefixes,
+            policies,
             path: r.path,
             kind: r.kind,
             subprotocols: r.subprotocols,
@@ -937,6 +922,110 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         routes,
         dev_token,
         firewall,
+    })
+}
+
+/// Builds the gates' settings from one policy table; errors carry a full key path under `at`.
+fn build_policy(
+    p: &RawPolicy,
+    path: &str,
+    at: &str,
+    dev_token: &mut Option<String>,
+    base: &Path,
+) -> Result<RoutePolicy, (String, String)> {
+    let origin = wsgate_admission::origin::OriginPolicy::parse(
+        p.origins.as_deref().unwrap_or(&["same-origin".to_owned()]),
+        p.allow_missing_origin.unwrap_or(true),
+    )
+    .map_err(|(j, m)| (format!("{at}.origins[{j}]"), m))?;
+    let fw = p.firewall.clone().unwrap_or_default();
+    let firewall = wsgate_admission::firewall::IpRules::parse(&fw.allow, &fw.deny)
+        .map_err(|(k, m)| (format!("{at}.firewall.{k}"), m))?;
+    let host = wsgate_admission::host::HostPolicy::parse(p.hosts.as_deref().unwrap_or(&[]))
+        .map_err(|(j, m)| (format!("{at}.hosts[{j}]"), m))?;
+    let (external_policy, external) = match p.auth.as_ref().and_then(|a| a.external.as_ref()) {
+        None => (None, None),
+        Some(x) => {
+            let k = |f: &str| format!("{at}.auth.external.{f}");
+            if let Some(a) = &p.auth {
+                if !a.api_keys.is_empty() || !a.jwt.is_empty() || a.dev_token {
+                    return Err((
+                            format!("{at}.auth.external"),
+                            "the external check decides alone: remove api_keys, jwt and dev_token from this route's auth".into(),
+                        ));
+                }
+            }
+            let target = parse_http_target(&x.url).map_err(|m| (k("url"), m))?;
+            let dur = |f: &str, v: &Option<String>, d: Duration| match v {
+                None => Ok(d),
+                Some(s) if s.trim() == "0s" => Ok(Duration::ZERO),
+                Some(s) => parse_duration(s).map_err(|m| (k(f), m)),
+            };
+            let header = |f: &str, v: &str| {
+                http::HeaderName::from_bytes(v.as_bytes())
+                    .map_err(|_| (k(f), format!("{v:?} is not a header name")))
+            };
+            let policy = wsgate_admission::external::ExternalPolicy {
+                url: x.url.clone(),
+                timeout: dur("timeout", &x.timeout, Duration::from_secs(2))?,
+                cache_ttl: dur("cache_ttl", &x.cache_ttl, Duration::ZERO)?,
+                identity_header: header(
+                    "identity_header",
+                    x.identity_header.as_deref().unwrap_or("x-auth-user"),
+                )?,
+                identity_headers: x
+                    .identity_headers
+                    .iter()
+                    .map(|h| header("identity_headers", h))
+                    .collect::<Result<_, _>>()?,
+            };
+            (Some(policy), Some(target))
+        }
+    };
+    let token_prefixes: Vec<String> = p
+        .auth
+        .as_ref()
+        .and_then(|a| a.sources.as_ref())
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.strip_prefix("subprotocol:").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let auth = match p.auth.as_ref().filter(|a| a.external.is_none()) {
+        None => None,
+        Some(a) => {
+            Some(auth_policy(a, dev_token, base).map_err(|(k, m)| (format!("{at}.auth.{k}"), m))?)
+        }
+    };
+    let authz = match &p.authz {
+        None => wsgate_admission::authz::AuthzPolicy::default(),
+        Some(z) => {
+            let auth = auth.as_ref().map(|_| ()).or(external.as_ref().map(|_| ()));
+            let needs_identity =
+                !z.require_claims.is_empty() || !z.require_scopes.is_empty() || z.channel.is_some();
+            if auth.is_none() && needs_identity {
+                return Err((
+                        format!("{at}.authz"),
+                        "claim, scope and channel rules need an authenticated client: add `[route.auth]` to this route".into(),
+                    ));
+            }
+            authz_policy(z, path).map_err(|(k, m)| (format!("{at}.authz.{k}"), m))?
+        }
+    };
+    Ok(RoutePolicy {
+        gates: wsgate_admission::Policy {
+            client_cert_required: p.client_cert == Some(ClientCertRule::Required),
+            listener_firewall: Default::default(),
+            firewall,
+            host,
+            origin,
+            auth,
+            authz,
+            external: external_policy,
+        },
+        external,
+        token_prefixes,
     })
 }
 
@@ -1361,6 +1450,16 @@ mod tests {
             (u.port, u.path_and_query.as_str(), u.authority.as_str()),
             (9000, "/", "127.0.0.1:9000")
         );
+    }
+
+    #[test]
+    fn the_readme_configuration_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let text = &readme[start..start + readme[start..].find("```").expect("closed")];
+        let c = parse(text).unwrap_or_else(|e| panic!("README example: {e}"));
+        assert!(c.listeners[0].tls.is_some() && c.routes.len() == 2);
+        assert!(!c.routes[0].policy(0).gates.authz.is_empty());
     }
 
     #[test]

@@ -66,6 +66,7 @@ struct Shared {
 
 /// One bound public listener.
 struct Bound {
+    index: usize,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     explain: Explain,
@@ -158,6 +159,7 @@ impl Server {
                         source,
                     })?;
             listeners.push(Bound {
+                index: i,
                 listener,
                 tls,
                 explain: l.explain,
@@ -194,11 +196,11 @@ impl Server {
                 .map(wsgate_admission::firewall::Bans::new),
         };
         let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
-        let external_tls = if config
-            .routes
-            .iter()
-            .any(|r| r.external.as_ref().is_some_and(|t| t.tls))
-        {
+        let external_tls = if config.routes.iter().any(|r| {
+            r.policies
+                .iter()
+                .any(|p| p.external.as_ref().is_some_and(|t| t.tls))
+        }) {
             let c = tls::client_config(None).map_err(|message| crate::config::ConfigError {
                 file: config.source.clone(),
                 key: "route".into(),
@@ -296,6 +298,7 @@ impl Server {
 
 async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
     let Bound {
+        index,
         listener,
         tls,
         explain,
@@ -345,6 +348,7 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
                     peer,
                     explain,
                     tls: tls.is_some(),
+                    listener: index,
                     client_cert,
                     track,
                 })
@@ -385,6 +389,8 @@ struct ConnCtx {
     peer: SocketAddr,
     explain: Explain,
     tls: bool,
+    /// Which listener accepted the connection (routes' policies differ per listener).
+    listener: usize,
     /// The verified client certificate, on mutual-TLS listeners.
     client_cert: Option<wsgate_admission::ClientCert>,
     /// Held while the connection (and any WebSocket it becomes) lives, for the drain.
@@ -496,25 +502,26 @@ async fn handle(
         params,
         client_cert: ctx.client_cert.as_ref(),
     };
-    let admitted = match (&route.policy.external, &route.external) {
+    let rp = route.policy(ctx.listener);
+    let admitted = match (&rp.gates.external, &rp.external) {
         (Some(policy), Some(target)) => {
             let uri = req
                 .uri()
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/");
-            external_admit(shared, route, policy, target, &view, uri, &request_id).await
+            external_admit(shared, rp, policy, target, &view, uri, &request_id).await
         }
         // Password hashes are slow on purpose: verify them off the async workers' hot path.
-        _ if route
-            .policy
+        _ if rp
+            .gates
             .auth
             .as_ref()
             .is_some_and(|a| !a.basic_users.is_empty()) =>
         {
-            tokio::task::block_in_place(|| route.policy.admit(&view))
+            tokio::task::block_in_place(|| rp.gates.admit(&view))
         }
-        _ => route.policy.admit(&view),
+        _ => rp.gates.admit(&view),
     };
     let admitted = match admitted {
         Ok(a) => a,
@@ -689,7 +696,7 @@ async fn handle(
 /// the (cached) call, then authorization.
 async fn external_admit(
     shared: &Shared,
-    route: &crate::config::Route,
+    route: &crate::config::RoutePolicy,
     policy: &wsgate_admission::external::ExternalPolicy,
     target: &crate::config::HttpTarget,
     view: &wsgate_admission::Request<'_>,
@@ -697,7 +704,7 @@ async fn external_admit(
     request_id: &str,
 ) -> Result<wsgate_admission::Admitted, Refusal> {
     use wsgate_admission::external::{self, DecisionCache};
-    route.policy.before_auth(view)?;
+    route.gates.before_auth(view)?;
     let headers = external::check_headers(view, uri, request_id);
     let key = DecisionCache::key(&headers);
     let now = Instant::now();
@@ -723,7 +730,7 @@ async fn external_admit(
         })
         .cloned()
         .collect();
-    route.policy.after_auth(Some(identity), subprotocols, view)
+    route.gates.after_auth(Some(identity), subprotocols, view)
 }
 
 fn refuse_with(

@@ -209,13 +209,14 @@ fn banner(config: &Config, server: &Server) {
             .first()
             .map(|b| format!("{}://{}", if b.tls { "wss" } else { "ws" }, b.address));
         for r in config.routes.iter().filter(|r| {
-            r.policy
+            r.policy(0)
+                .gates
                 .auth
                 .as_ref()
                 .is_some_and(|a| a.api_keys.iter().any(|k| k.name == "dev"))
         }) {
             let path = r.path.replace("{room}", "lobby");
-            let sources = r.policy.auth.iter().flat_map(|a| a.sources.iter());
+            let sources = r.policy(0).gates.auth.iter().flat_map(|a| a.sources.iter());
             for source in sources {
                 if let (Source::Query(name), Some(base)) = (source, &base) {
                     println!("try: python3 -m websockets '{base}{path}?{name}={token}'");
@@ -323,65 +324,90 @@ fn check(args: ConfigArg) -> ExitCode {
             print!(" deliver_to_sender={}", r.deliver_to_sender);
         }
         println!();
-        // The effective policy, in the order the gates run.
-        let p = &r.policy;
-        if !p.firewall.is_empty() {
-            let show = |v: &[wsgate_admission::firewall::Cidr]| {
-                v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
-            };
-            println!(
-                "  firewall: allow {:?} deny {:?}",
-                show(&p.firewall.allow),
-                show(&p.firewall.deny)
+        // The effective policy, per listener, in the order the gates run.
+        for (l, rp) in r.policies.iter().enumerate() {
+            if config.listeners.len() > 1 {
+                println!("  on listener[{l}]:");
+            }
+            print_policy(
+                &rp.gates,
+                if config.listeners.len() > 1 {
+                    "    "
+                } else {
+                    "  "
+                },
             );
-        }
-        if p.client_cert_required {
-            println!("  tls identity: a client certificate is required (tls.client_cert_required)");
-        }
-        if !p.host.allow.is_empty() {
-            println!("  host: {:?}", p.host.allow);
-        }
-        let origins: Vec<String> = r
-            .policy
-            .origin
-            .allow
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
-        println!(
-            "  origin: allow {:?}; without Origin: {}",
-            origins,
-            if r.policy.origin.allow_missing {
-                "admitted"
-            } else {
-                "refused (origin.missing)"
-            }
-        );
-        match &r.policy.auth {
-            None => println!("  auth: none (anonymous clients admitted)"),
-            Some(a) => {
-                let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
-                let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
-                println!(
-                    "  auth: sources {sources:?} in that order; api keys {keys:?}; jwt issuers {}",
-                    a.jwt.len()
-                );
-            }
-        }
-        let z = &p.authz;
-        if !z.is_empty() {
-            let claims: Vec<String> = z.claims.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            print!("  authz: claims {claims:?} scopes {:?}", z.scopes);
-            if let Some(c) = &z.channel {
-                print!(
-                    " channel {:?} must match a pattern in claim {:?}",
-                    c.template, c.claim
-                );
-            }
-            println!();
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Prints one route's gates in the order they run.
+fn print_policy(p: &wsgate_admission::Policy, indent: &str) {
+    let show = |v: &[wsgate_admission::firewall::Cidr]| {
+        v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+    };
+    for (name, rules) in [
+        ("listener firewall", &p.listener_firewall),
+        ("firewall", &p.firewall),
+    ] {
+        if !rules.is_empty() {
+            println!(
+                "{indent}{name}: allow {:?} deny {:?}",
+                show(&rules.allow),
+                show(&rules.deny)
+            );
+        }
+    }
+    if p.client_cert_required {
+        println!(
+            "{indent}tls identity: a client certificate is required (tls.client_cert_required)"
+        );
+    }
+    if !p.host.allow.is_empty() {
+        println!("{indent}host: {:?}", p.host.allow);
+    }
+    let origins: Vec<String> = p.origin.allow.iter().map(|e| e.to_string()).collect();
+    let missing = if p.origin.allow_missing {
+        "admitted"
+    } else {
+        "refused (origin.missing)"
+    };
+    println!("{indent}origin: allow {origins:?}; without Origin: {missing}");
+    match (&p.auth, &p.external) {
+        (_, Some(x)) => println!(
+            "{indent}auth: external check {} (timeout {:?}, cache {:?})",
+            x.url, x.timeout, x.cache_ttl
+        ),
+        (None, None) => println!("{indent}auth: none (anonymous clients admitted)"),
+        (Some(a), None) => {
+            let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
+            let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
+            let users: Vec<&str> = a.basic_users.iter().map(|u| u.name.as_str()).collect();
+            println!(
+                "{indent}auth: sources {sources:?} in that order; api keys {keys:?}; basic users {users:?}; jwt issuers {}",
+                a.jwt.len()
+            );
+        }
+    }
+    let z = &p.authz;
+    if !z.is_empty() {
+        let claims: Vec<String> = z.claims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        print!("{indent}authz: claims {claims:?} scopes {:?}", z.scopes);
+        if let Some(c) = &z.channel {
+            print!(
+                " channel {:?} must match a pattern in claim {:?}",
+                c.template, c.claim
+            );
+        }
+        if !z.cert_subjects.is_empty() || !z.cert_sans.is_empty() {
+            print!(
+                " certificate subject {:?} SAN {:?}",
+                z.cert_subjects, z.cert_sans
+            );
+        }
+        println!();
+    }
 }
 
 fn cert_dev(hosts: &[String], out: &std::path::Path, days: u32) -> ExitCode {
