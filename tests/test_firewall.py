@@ -82,6 +82,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(wsgate):
     status, _ = raw_from("127.0.0.3", s.port, handshake("/ws/no-bad", headers=[("X-Forwarded-For", "203.0.113.5")]))
     assert status == 101
     assert 'client=203.0.113.5' in s.log()
+    assert "X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored" in s.log()
 
 
 def test_repeated_refusals_ban_the_address(wsgate):

@@ -62,6 +62,16 @@ def gate(keys):
     algorithms = ["RS256"]
 
     [[route]]
+    path = "/ws/rs-inline"
+    kind = "echo"
+    [route.auth]
+    [[route.auth.jwt]]
+    issuer = "{ISS}"
+    public_key = '''
+{keys["rsa_pub"].decode()}'''
+    algorithms = ["RS256", "PS256"]
+
+    [[route]]
     path = "/ws/jwks"
     kind = "echo"
     [route.auth]
@@ -105,6 +115,10 @@ def test_hs256_token_in_each_source(gate, via):
 def test_rs256_with_a_pem_public_key(gate, keys):
     token = pyjwt.encode(claims(), keys["rsa"], algorithm="RS256")
     assert status(gate, "/ws/rs", token)[0] == 101
+    assert status(gate, "/ws/rs-inline", token)[0] == 101, "an inline PEM key"
+    ps = pyjwt.encode(claims(), keys["rsa"], algorithm="PS256")
+    assert status(gate, "/ws/rs-inline", ps)[0] == 101
+    assert status(gate, "/ws/rs", ps)[:2] == (401, "auth.invalid"), "PS256 is not in that key's allowlist"
 
 
 def test_es256_from_a_jwks_by_kid(gate, keys):

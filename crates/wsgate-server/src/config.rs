@@ -281,6 +281,7 @@ struct RawJwt {
     algorithms: Option<Vec<String>>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    public_key: Option<String>,
     public_key_file: Option<PathBuf>,
     jwks_file: Option<PathBuf>,
 }
@@ -1138,6 +1139,7 @@ fn jwt_issuer(
         parse_algorithms(&names).map_err(|m| ("algorithms".to_owned(), m))
     };
     let given = [
+        j.public_key.is_some(),
         j.secret.is_some(),
         j.secret_file.is_some(),
         j.public_key_file.is_some(),
@@ -1146,7 +1148,7 @@ fn jwt_issuer(
     if given.iter().filter(|g| **g).count() != 1 {
         return Err((
             String::new(),
-            "give exactly one of `secret`, `secret_file`, `public_key_file` (with `algorithms`) or `jwks_file`".into(),
+            "give exactly one of `secret`, `secret_file`, `public_key` or `public_key_file` (with `algorithms`), or `jwks_file`".into(),
         ));
     }
     let keys = if let Some(s) = &j.secret {
@@ -1159,6 +1161,11 @@ fn jwt_issuer(
         let trimmed = bytes.trim_ascii_end();
         vec![JwtKey::secret(j.kid.clone(), trimmed, algs(Some("HS256"))?)
             .map_err(|m| ("secret_file".to_owned(), m))?]
+    } else if let Some(pem) = &j.public_key {
+        vec![
+            JwtKey::public_pem(j.kid.clone(), pem.as_bytes(), algs(None)?)
+                .map_err(|m| ("public_key".to_owned(), m))?,
+        ]
     } else if let Some(p) = &j.public_key_file {
         let pem = read("public_key_file", p)?;
         vec![JwtKey::public_pem(j.kid.clone(), &pem, algs(None)?)

@@ -45,8 +45,8 @@ pub struct LogLimiter {
     state: Mutex<HashMap<LogKey, LogWindow>>,
 }
 
-/// Which refusals count as identical.
-type LogKey = (Reason, IpAddr, String);
+/// Which events count as identical: a reason code (or another event name), client, route.
+type LogKey = (&'static str, IpAddr, String);
 /// Window start, lines in this window, suppressed lines not yet reported.
 type LogWindow = (Instant, u32, u64);
 
@@ -64,7 +64,13 @@ impl LogLimiter {
     }
 
     /// `Some(suppressed_before)` when this refusal may be logged, `None` to stay quiet.
-    fn admit(&self, reason: Reason, client: IpAddr, route: &str, now: Instant) -> Option<u64> {
+    pub fn admit(
+        &self,
+        event: &'static str,
+        client: IpAddr,
+        route: &str,
+        now: Instant,
+    ) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.len() >= MAX_LOG_KEYS {
             let w = self.window;
@@ -76,7 +82,7 @@ impl LogLimiter {
             }
         }
         let e = st
-            .entry((reason, client, route.to_owned()))
+            .entry((event, client, route.to_owned()))
             .or_insert((now, 0, 0));
         if now.duration_since(e.0) >= self.window {
             e.0 = now;
@@ -101,9 +107,12 @@ pub fn refuse(
 ) -> Response<Body> {
     let reason = refusal.reason;
     metrics.refused(reason);
-    let Some(suppressed_before) =
-        limiter.admit(reason, ctx.client, ctx.route.unwrap_or("-"), Instant::now())
-    else {
+    let Some(suppressed_before) = limiter.admit(
+        reason.code(),
+        ctx.client,
+        ctx.route.unwrap_or("-"),
+        Instant::now(),
+    ) else {
         return response(reason, ctx.request_id, ctx.explain, refusal.retry_after);
     };
     tracing::info!(
@@ -203,17 +212,22 @@ mod tests {
         let l = LogLimiter::new(2, Duration::from_secs(10));
         let t = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), Some(0));
-        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), Some(0));
-        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), None);
-        assert_eq!(l.admit(Reason::AuthInvalid, ip, "/ws", t), None);
+        assert_eq!(l.admit(Reason::AuthInvalid.code(), ip, "/ws", t), Some(0));
+        assert_eq!(l.admit(Reason::AuthInvalid.code(), ip, "/ws", t), Some(0));
+        assert_eq!(l.admit(Reason::AuthInvalid.code(), ip, "/ws", t), None);
+        assert_eq!(l.admit(Reason::AuthInvalid.code(), ip, "/ws", t), None);
         assert_eq!(
-            l.admit(Reason::AuthMissing, ip, "/ws", t),
+            l.admit(Reason::AuthMissing.code(), ip, "/ws", t),
             Some(0),
             "another code"
         );
         assert_eq!(
-            l.admit(Reason::AuthInvalid, ip, "/ws", t + Duration::from_secs(11)),
+            l.admit(
+                Reason::AuthInvalid.code(),
+                ip,
+                "/ws",
+                t + Duration::from_secs(11)
+            ),
             Some(2)
         );
     }

@@ -457,8 +457,14 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let route_match = shared.router.find(&path);
     let client = shared.global.client(ctx.peer.ip(), req.headers());
-    if client.ignored_headers {
-        tracing::debug!(
+    let limited = |event| {
+        shared
+            .log_limiter
+            .admit(event, ctx.peer.ip(), "-", Instant::now())
+            .is_some()
+    };
+    if client.ignored_headers && limited("forwarding_headers_ignored") {
+        tracing::info!(
             request_id = %request_id,
             peer = %ctx.peer,
             "Forwarded/X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored"
