@@ -221,6 +221,167 @@ catalog! {
         operator: "Check that the route's `upstream` URL is right and that the server is running; the log line for this request id names the error.",
         client: "Retry later; report the request id to the operator if it persists.",
     },
+    /// Found by the doctor: the server's host name does not resolve to any address.
+    DnsUnresolved => {
+        code: "dns.unresolved", status: 0,
+        message: "The server's host name does not resolve to any address.",
+        operator: "Publish the DNS record (A/AAAA) for the host, or fix its spelling in the URL you hand out.",
+        client: "Check the host name in the URL for typos; try `--resolve host:port:address` if you know the address.",
+    },
+    /// Found by the doctor: nothing is listening on that address and port (the connection was refused).
+    TcpRefused => {
+        code: "tcp.refused", status: 0,
+        message: "Nothing is listening on that address and port (the connection was refused).",
+        operator: "Start the server, or check that it listens on this port and on this interface (127.0.0.1 is not reachable from elsewhere).",
+        client: "Check the port in the URL (ws:// defaults to 80, wss:// to 443) and that the server runs.",
+    },
+    /// Found by the doctor: the TCP connection was not answered in time: a firewall dropping packets, or a wrong address.
+    TcpTimeout => {
+        code: "tcp.timeout", status: 0,
+        message: "The TCP connection was not answered in time: a firewall dropping packets, or a wrong address.",
+        operator: "Open the port in the firewall or security group between the client and the server.",
+        client: "Check the address and port; a VPN or corporate firewall may block it.",
+    },
+    /// Found by the doctor: the connection was reset before the handshake finished (a proxy, firewall or crashed server).
+    TcpReset => {
+        code: "tcp.reset", status: 0,
+        message: "The connection was reset before the handshake finished (a proxy, firewall or crashed server).",
+        operator: "Look at the server's and any proxy's logs at this time; resets without a response often come from a WAF or an overloaded server.",
+        client: "Retry; if it persists, report the time to the operator.",
+    },
+    /// Found by the doctor: the server's certificate is not signed by a certificate authority the client trusts (self-signed or a private CA).
+    TlsUntrusted => {
+        code: "tls.untrusted", status: 0,
+        message: "The server's certificate is not signed by a certificate authority the client trusts (self-signed or a private CA).",
+        operator: "Serve a certificate from a public CA (e.g. Let's Encrypt) with its full chain, intermediates included.",
+        client: "Trust the private CA explicitly (`--cacert ca.pem`), never by disabling verification in production.",
+    },
+    /// Found by the doctor: the server's certificate has expired.
+    TlsExpired => {
+        code: "tls.expired", status: 0,
+        message: "The server's certificate has expired.",
+        operator: "Renew the certificate and reload the server (wsgate reloads changed files by itself).",
+        client: "Nothing to change on the client; check your clock if the date looks wrong.",
+    },
+    /// Found by the doctor: the server's certificate is not valid yet (its start date is in the future).
+    TlsNotYetValid => {
+        code: "tls.not_yet_valid", status: 0,
+        message: "The server's certificate is not valid yet (its start date is in the future).",
+        operator: "Check the server's clock and the certificate's dates.",
+        client: "Check the client machine's clock.",
+    },
+    /// Found by the doctor: the certificate is valid, but for other host names than the one in the URL.
+    TlsHostnameMismatch => {
+        code: "tls.hostname_mismatch", status: 0,
+        message: "The certificate is valid, but for other host names than the one in the URL.",
+        operator: "Add the host name to the certificate's subject alternative names, or serve the right certificate for this name (SNI).",
+        client: "Use the host name the certificate was issued for (see the SANs in the report).",
+    },
+    /// Found by the doctor: the TLS handshake failed: no protocol version or cipher in common, or a TLS alert.
+    TlsProtocol => {
+        code: "tls.protocol", status: 0,
+        message: "The TLS handshake failed: no protocol version or cipher in common, or a TLS alert.",
+        operator: "Enable TLS 1.2 and 1.3 with modern ciphers.",
+        client: "Use an up-to-date client.",
+    },
+    /// Found by the doctor: a wss:// URL points at a port that does not speak TLS (plain HTTP answered).
+    TlsNotTls => {
+        code: "tls.not_tls", status: 0,
+        message: "A wss:// URL points at a port that does not speak TLS (plain HTTP answered).",
+        operator: "Terminate TLS on this port, or publish the ws:// URL instead.",
+        client: "Use ws:// for this port, or the port that serves TLS.",
+    },
+    /// Found by the doctor: a ws:// URL points at a port that expects TLS.
+    TlsRequired => {
+        code: "tls.required", status: 0,
+        message: "A ws:// URL points at a port that expects TLS.",
+        operator: "Publish the wss:// URL for this port.",
+        client: "Use wss:// instead of ws://.",
+    },
+    /// Found by the doctor: the server answered the handshake with a redirect; WebSocket clients do not follow redirects.
+    HttpRedirect => {
+        code: "http.redirect", status: 0,
+        message: "The server answered the handshake with a redirect; WebSocket clients do not follow redirects.",
+        operator: "Serve the WebSocket at the URL clients use, or update the URL you publish (often http→https or a missing trailing slash).",
+        client: "Use the URL in the Location header directly.",
+    },
+    /// Found by the doctor: the server has nothing at this path (404).
+    HttpNotFound => {
+        code: "http.not_found", status: 0,
+        message: "The server has nothing at this path (404).",
+        operator: "Check the route/location that should serve WebSockets at this path.",
+        client: "Check the path in the URL (trailing slash, prefix such as /ws or /socket.io/).",
+    },
+    /// Found by the doctor: the server answered like a web page (2xx): this path is not a WebSocket endpoint, or a proxy dropped the Upgrade request.
+    HttpNotWebsocket => {
+        code: "http.not_websocket", status: 0,
+        message: "The server answered like a web page (2xx): this path is not a WebSocket endpoint, or a proxy dropped the Upgrade request.",
+        operator: "Route this path to the WebSocket server; in a proxy forward `Upgrade` and `Connection` (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`).",
+        client: "Check that the URL is the WebSocket endpoint, not the web page.",
+    },
+    /// Found by the doctor: the backend saw a plain HTTP request: a proxy in front of it did not forward the Upgrade and Connection headers.
+    HttpUpgradeRequired => {
+        code: "http.upgrade_required", status: 0,
+        message: "The backend saw a plain HTTP request: a proxy in front of it did not forward the Upgrade and Connection headers.",
+        operator: "Make every proxy forward the upgrade (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`).",
+        client: "Nothing to change on the client; report it to the operator.",
+    },
+    /// Found by the doctor: the server or a proxy answered with an HTTP version that cannot upgrade to WebSocket.
+    HttpVersion => {
+        code: "http.version", status: 0,
+        message: "The server or a proxy answered with an HTTP version that cannot upgrade to WebSocket.",
+        operator: "Serve the endpoint over HTTP/1.1 (or enable RFC 8441 WebSockets over HTTP/2).",
+        client: "Use an HTTP/1.1 WebSocket client.",
+    },
+    /// Found by the doctor: a proxy answered 502/503/504: it could not reach, or got no answer from, the WebSocket backend.
+    HttpUpstream => {
+        code: "http.upstream", status: 0,
+        message: "A proxy answered 502/503/504: it could not reach, or got no answer from, the WebSocket backend.",
+        operator: "Check that the backend runs and that the proxy's upstream address and timeouts are right.",
+        client: "Retry later; report the time to the operator.",
+    },
+    /// Found by the doctor: the server refuses this client whatever the Origin, credentials or subprotocol: a rule on the client's address, the path, or a WAF.
+    ForbiddenUnconditional => {
+        code: "forbidden.unconditional", status: 0,
+        message: "The server refuses this client whatever the Origin, credentials or subprotocol: a rule on the client's address, the path, or a WAF.",
+        operator: "Check IP allowlists, deny rules and WAF logs for this client address and path.",
+        client: "Connect from an allowed network, or ask the operator which rule refused you.",
+    },
+    /// Found by the doctor: the client offered subprotocols and the server accepted without choosing one; browsers then fail the connection.
+    SubprotocolNotEchoed => {
+        code: "subprotocol.not_echoed", status: 0,
+        message: "The client offered subprotocols and the server accepted without choosing one; browsers then fail the connection.",
+        operator: "Select one of the offered subprotocols in the handshake answer (Sec-WebSocket-Protocol), or refuse explicitly.",
+        client: "Offer only subprotocols the server supports, or none.",
+    },
+    /// Found by the doctor: the server's Sec-WebSocket-Accept does not match the client's key, so clients must reject the connection.
+    WsBadAccept => {
+        code: "ws.bad_accept", status: 0,
+        message: "The server's Sec-WebSocket-Accept does not match the client's key, so clients must reject the connection.",
+        operator: "Compute Sec-WebSocket-Accept per RFC 6455 §4.2.2 (SHA-1 of the key + GUID, base64); a proxy may be rewriting the key.",
+        client: "Nothing to change on the client; report it to the operator.",
+    },
+    /// Found by the doctor: the server answered 101 without `Upgrade: websocket` or `Connection: Upgrade` (often a proxy that rewrites headers).
+    WsUpgradeHeaderMissing => {
+        code: "ws.upgrade_header_missing", status: 0,
+        message: "The server answered 101 without `Upgrade: websocket` or `Connection: Upgrade` (often a proxy that rewrites headers).",
+        operator: "Make the proxy pass the backend's Upgrade and Connection headers back to the client.",
+        client: "Nothing to change on the client; report it to the operator.",
+    },
+    /// Found by the doctor: the handshake succeeded but the server closed the connection right after (an application-level refusal).
+    WsClosedAfterOpen => {
+        code: "ws.closed_after_open", status: 0,
+        message: "The handshake succeeded but the server closed the connection right after (an application-level refusal).",
+        operator: "Look at the close code and reason in the report; it is the application's own refusal (auth, protocol version, room).",
+        client: "Follow the close reason; many servers expect a first message (auth or subscribe) in their own protocol.",
+    },
+    /// Found by the doctor: the connection was closed while idle, without a close frame: a proxy or load balancer idle timeout.
+    IdleTimeout => {
+        code: "idle.timeout", status: 0,
+        message: "The connection was closed while idle, without a close frame: a proxy or load balancer idle timeout.",
+        operator: "Raise the proxy's idle timeout (nginx `proxy_read_timeout`), or have the server send pings more often than it.",
+        client: "Send application pings or heartbeats more often than the idle timeout.",
+    },
 }
 
 impl Reason {
@@ -228,9 +389,14 @@ impl Reason {
     pub fn code(self) -> &'static str {
         self.entry().code
     }
-    /// The HTTP status the server answers with for this reason.
+    /// The HTTP status the server answers with for this reason; 0 for causes only the doctor
+    /// reports (DNS, TCP, TLS, a proxy's answer), which the server never sends.
     pub fn status(self) -> u16 {
         self.entry().status
+    }
+    /// Whether `wsgate serve` can send this reason (otherwise only the doctor reports it).
+    pub fn is_refusal(self) -> bool {
+        self.status() != 0
     }
     /// One sentence saying what went wrong, for people who never read RFC 6455.
     pub fn message(self) -> &'static str {
@@ -272,7 +438,7 @@ pub fn markdown() -> String {
          carries the same request id and the detail the client is not shown. `wsgate doctor` reports the same codes.\n\n\
          | code | status | meaning |\n|---|---|---|\n",
     );
-    for r in Reason::ALL {
+    for r in Reason::ALL.iter().filter(|r| r.is_refusal()) {
         out.push_str(&format!(
             "| `{}` | {} | {} |\n",
             r.code(),
@@ -280,11 +446,22 @@ pub fn markdown() -> String {
             r.message()
         ));
     }
+    out.push_str(
+        "\nThese further causes are found by `wsgate doctor` (against any server); `wsgate serve` never sends\n\
+         them, as they happen before or outside its handshake answer:\n\n| code | meaning |\n|---|---|\n",
+    );
+    for r in Reason::ALL.iter().filter(|r| !r.is_refusal()) {
+        out.push_str(&format!("| `{}` | {} |\n", r.code(), r.message()));
+    }
     for r in Reason::ALL {
+        let status = if r.is_refusal() {
+            format!("Status {}. ", r.status())
+        } else {
+            "Found by `wsgate doctor`. ".to_owned()
+        };
         out.push_str(&format!(
-            "\n## `{}`\n\nStatus {}. {}\n\n- **Operator:** {}\n- **Client:** {}\n",
+            "\n## `{}`\n\n{status}{}\n\n- **Operator:** {}\n- **Client:** {}\n",
             r.code(),
-            r.status(),
             r.message(),
             r.operator_fix(),
             r.client_fix()
@@ -318,7 +495,7 @@ mod tests {
     fn statuses_are_refusals_and_texts_present() {
         for r in Reason::ALL {
             assert!(
-                [400, 401, 403, 404, 405, 426, 429, 502, 503].contains(&r.status()),
+                [0, 400, 401, 403, 404, 405, 426, 429, 502, 503].contains(&r.status()),
                 "{} has status {}",
                 r.code(),
                 r.status()

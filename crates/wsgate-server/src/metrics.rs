@@ -111,7 +111,7 @@ impl Metrics {
             m.cert_expiry.clone(),
         );
         // Pre-create a zero counter per code so dashboards see every code, not only seen ones.
-        for r in Reason::ALL {
+        for r in Reason::ALL.iter().filter(|r| r.is_refusal()) {
             let _ = m.refused.get_or_create(&[("code", r.code())]);
         }
         Metrics { registry, ..m }

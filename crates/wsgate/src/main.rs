@@ -86,7 +86,12 @@ fn main() -> ExitCode {
                 print!("{}", wsgate_reasons::markdown());
             } else {
                 for r in Reason::ALL {
-                    println!("{:<28} {}  {}", r.code(), r.status(), r.message());
+                    let status = if r.is_refusal() {
+                        r.status().to_string()
+                    } else {
+                        "doctor".into()
+                    };
+                    println!("{:<28} {:<6} {}", r.code(), status, r.message());
                 }
             }
             ExitCode::SUCCESS
