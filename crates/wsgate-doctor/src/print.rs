@@ -1,0 +1,96 @@
+//! Two printers for one [`Diagnosis`]: one for people (colour on a terminal only), one JSON
+//! document for programs, whose shape is documented in the README and kept stable.
+
+use crate::{Diagnosis, Side};
+use std::fmt::Write as _;
+
+/// The report for a person; `colour` adds ANSI colours (only on a terminal).
+pub fn human(d: &Diagnosis, colour: bool) -> String {
+    let paint = |code: &str, s: &str| {
+        if colour {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "wsgate doctor {}\n", d.url);
+    for s in &d.steps {
+        let mark = if s.ok {
+            paint("32", "✓")
+        } else {
+            paint("31", "✗")
+        };
+        let _ = writeln!(out, "  {mark} {:<10} {:>5} ms  {}", s.name, s.ms, s.detail);
+    }
+    out.push('\n');
+    if d.ok {
+        let _ = writeln!(out, "{} {}", paint("32;1", "OK"), d.summary);
+    } else {
+        let cause = d.cause.as_deref().unwrap_or("unknown");
+        let _ = writeln!(
+            out,
+            "{} {}  ({})",
+            paint("31;1", "Cause:"),
+            d.summary,
+            cause
+        );
+    }
+    if let Some(sw) = &d.server.software {
+        let _ = writeln!(
+            out,
+            "Server: {sw}{}",
+            d.server
+                .header
+                .as_ref()
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default()
+        );
+    }
+    if !d.experiments.is_empty() {
+        let _ = writeln!(out, "\nExperiments (one change each):");
+        for e in &d.experiments {
+            let answer = match e.status {
+                0 => "no HTTP answer".to_owned(),
+                101 => "101 admitted".to_owned(),
+                s => format!(
+                    "{s}{}",
+                    e.code.as_ref().map(|c| format!(" {c}")).unwrap_or_default()
+                ),
+            };
+            let _ = writeln!(out, "  - {:<48} → {answer}", e.change);
+        }
+    }
+    if !d.evidence.is_empty() {
+        let _ = writeln!(out, "\nEvidence:");
+        for e in &d.evidence {
+            for (i, line) in e.lines().enumerate() {
+                let _ = writeln!(out, "  {} {line}", if i == 0 { "-" } else { " " });
+            }
+        }
+    }
+    for (side, title) in [
+        (Side::Client, "Fix on the client side:"),
+        (Side::Server, "Fix on the server side:"),
+    ] {
+        let fixes: Vec<&str> = d
+            .fixes
+            .iter()
+            .filter(|f| f.side == side)
+            .map(|f| f.text.as_str())
+            .collect();
+        if !fixes.is_empty() {
+            let _ = writeln!(out, "\n{title}");
+            for (i, f) in fixes.iter().enumerate() {
+                let _ = writeln!(out, "  {}. {f}", i + 1);
+            }
+        }
+    }
+    let _ = writeln!(out, "\nWhat a browser shows: {}", d.browser);
+    out
+}
+
+/// The JSON document.
+pub fn json(d: &Diagnosis) -> String {
+    serde_json::to_string_pretty(d).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

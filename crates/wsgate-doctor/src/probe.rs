@@ -1,0 +1,817 @@
+//! One attempt at opening a WebSocket, step by step, recording everything seen on the way.
+//! The HTTP request is written by hand so that exactly the intended headers are sent and the
+//! response's headers are seen verbatim.
+
+use crate::tls::{classify, describe_chain, Tls};
+use crate::{Options, Reason, Step, TokenVia};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Where to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `wss://`.
+    pub tls: bool,
+    /// Host as in the URL (no brackets).
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// Request target.
+    pub path_and_query: String,
+    /// `Host` header value.
+    pub authority: String,
+}
+
+impl Target {
+    /// Parses a `ws://` or `wss://` URL.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("{url:?} is not a URL; expected ws://host[:port]/path or wss://…")
+        })?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => false,
+            "wss" => true,
+            "http" | "https" => {
+                return Err(format!(
+                    "{url:?}: a WebSocket URL starts with ws:// or wss://, not {scheme}://"
+                ))
+            }
+            _ => return Err(format!("{url:?} must start with ws:// or wss://")),
+        };
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!(
+                "{url:?} has no host (or has credentials, which are not supported)"
+            ));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+            (h.to_owned(), after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("port {p:?} is not a number"))?,
+            None if tls => 443,
+            None => 80,
+        };
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(Target {
+            tls,
+            host,
+            port,
+            path_and_query: path,
+            authority: authority.to_owned(),
+        })
+    }
+
+    /// The Origin of a page served from the same host and port (`https://host` for wss).
+    pub fn own_origin(&self, https: bool) -> String {
+        let scheme = if https { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+}
+
+/// What one attempt sends; the first attempt uses the command line, experiments vary it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The Origin header.
+    pub origin: Option<String>,
+    /// The credential and where it goes.
+    pub token: Option<(String, TokenVia)>,
+    /// Offered subprotocols (the token's entry is added separately).
+    pub subprotocols: Vec<String>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The request the command line describes.
+    pub fn from_options(opts: &Options) -> Request {
+        Request {
+            origin: opts.origin.clone(),
+            token: opts.token.clone().map(|t| (t, opts.token_via.clone())),
+            subprotocols: opts.subprotocols.clone(),
+            headers: opts.headers.clone(),
+        }
+    }
+
+    fn head(&self, target: &Target, key: &str) -> String {
+        let mut path = target.path_and_query.clone();
+        let mut lines = vec![];
+        let mut protocols = self.subprotocols.clone();
+        let mut cookie = None;
+        let mut auth = None;
+        if let Some((token, via)) = &self.token {
+            match via {
+                TokenVia::Header => auth = Some(format!("Bearer {token}")),
+                TokenVia::Query(n) => {
+                    path.push(if path.contains('?') { '&' } else { '?' });
+                    path.push_str(&format!("{n}={token}"));
+                }
+                TokenVia::Cookie(n) => cookie = Some(format!("{n}={token}")),
+                TokenVia::Subprotocol(p) => protocols.push(format!("{p}{token}")),
+            }
+        }
+        lines.push(format!("GET {path} HTTP/1.1"));
+        lines.push(format!("Host: {}", target.authority));
+        lines.push("Upgrade: websocket".into());
+        lines.push("Connection: Upgrade".into());
+        lines.push(format!("Sec-WebSocket-Key: {key}"));
+        lines.push("Sec-WebSocket-Version: 13".into());
+        lines.push("User-Agent: wsgate-doctor".into());
+        if let Some(o) = &self.origin {
+            lines.push(format!("Origin: {o}"));
+        }
+        if !protocols.is_empty() {
+            lines.push(format!("Sec-WebSocket-Protocol: {}", protocols.join(", ")));
+        }
+        if let Some(a) = auth {
+            lines.push(format!("Authorization: {a}"));
+        }
+        if let Some(c) = cookie {
+            lines.push(format!("Cookie: {c}"));
+        }
+        for (k, v) in &self.headers {
+            lines.push(format!("{k}: {v}"));
+        }
+        lines.join("\r\n") + "\r\n\r\n"
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Headers, verbatim and in order.
+    pub headers: Vec<(String, String)>,
+    /// The start of the body.
+    pub body: String,
+}
+
+impl Response {
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What happened after a 101.
+#[derive(Debug, Clone, Default)]
+pub struct WsResult {
+    /// A close frame the server sent right after opening, with its code and reason.
+    pub early_close: Option<(u16, String)>,
+    /// A first message the server sent on its own (some protocols greet).
+    pub greeting: Option<String>,
+    /// Whether a ping got its pong.
+    pub ping_ok: bool,
+    /// Whether our close got a close back.
+    pub close_ok: bool,
+    /// With --hold: how the connection ended (or that it stayed open).
+    pub hold: Option<String>,
+    /// With --hold: it ended without a close frame (a proxy's idle timeout).
+    pub dropped_while_idle: bool,
+}
+
+/// Everything one attempt saw.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// The cause, when a step before the HTTP answer failed (DNS, TCP, TLS, no HTTP answer).
+    pub failure: Option<(Reason, String)>,
+    /// The HTTP answer, when there was one.
+    pub response: Option<Response>,
+    /// The request head sent.
+    pub sent: String,
+    /// The key sent, to check Sec-WebSocket-Accept.
+    pub key: String,
+    /// After a 101.
+    pub ws: Option<WsResult>,
+    /// The server's certificate chain (wss).
+    pub chain: Vec<String>,
+    /// Whether the server asked for a client certificate.
+    pub client_cert_requested: bool,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Clock(Instant);
+impl Clock {
+    fn ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+fn step(
+    steps: &mut Vec<Step>,
+    name: &'static str,
+    ok: bool,
+    clock: &Clock,
+    detail: impl Into<String>,
+) {
+    steps.push(Step {
+        name,
+        ok,
+        ms: clock.ms(),
+        detail: detail.into(),
+    });
+}
+
+/// Makes one attempt with `req`; `frames` also exercises the connection after a 101.
+pub async fn attempt(
+    opts: &Options,
+    target: &Target,
+    tls: &Tls,
+    req: &Request,
+    frames: bool,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let t = opts.timeout;
+
+    // DNS
+    let clock = Clock(Instant::now());
+    let addrs: Vec<SocketAddr> = if let Some(ip) = opts.resolve {
+        vec![SocketAddr::new(ip, target.port)]
+    } else if let Ok(ip) = target.host.parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, target.port)]
+    } else {
+        match timeout(
+            t,
+            tokio::net::lookup_host((target.host.as_str(), target.port)),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                step(
+                    &mut out.steps,
+                    "dns",
+                    false,
+                    &clock,
+                    format!("{}: {e}", target.host),
+                );
+                out.failure = Some((
+                    Reason::DnsUnresolved,
+                    format!("{} does not resolve: {e}", target.host),
+                ));
+                return out;
+            }
+            Err(_) => {
+                step(&mut out.steps, "dns", false, &clock, "no answer in time");
+                out.failure = Some((
+                    Reason::DnsUnresolved,
+                    format!("{} did not resolve in time", target.host),
+                ));
+                return out;
+            }
+        }
+    };
+    let Some(addr) = addrs.first().copied() else {
+        step(&mut out.steps, "dns", false, &clock, "no addresses");
+        out.failure = Some((
+            Reason::DnsUnresolved,
+            format!("{} has no addresses", target.host),
+        ));
+        return out;
+    };
+    let all: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    step(
+        &mut out.steps,
+        "dns",
+        true,
+        &clock,
+        format!("{} → {} (using {})", target.host, all.join(", "), addr.ip()),
+    );
+
+    // TCP
+    let clock = Clock(Instant::now());
+    let tcp = match timeout(t, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Reason::TcpRefused,
+                std::io::ErrorKind::TimedOut => Reason::TcpTimeout,
+                _ => Reason::TcpReset,
+            };
+            step(&mut out.steps, "tcp", false, &clock, format!("{addr}: {e}"));
+            out.failure = Some((reason, format!("connecting to {addr}: {e}")));
+            return out;
+        }
+        Err(_) => {
+            step(
+                &mut out.steps,
+                "tcp",
+                false,
+                &clock,
+                format!("{addr}: no answer within {t:?}"),
+            );
+            out.failure = Some((
+                Reason::TcpTimeout,
+                format!("{addr} did not answer within {t:?}"),
+            ));
+            return out;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    step(
+        &mut out.steps,
+        "tcp",
+        true,
+        &clock,
+        format!("connected to {addr}"),
+    );
+
+    // TLS
+    let mut io: Box<dyn Io> = if target.tls {
+        let clock = Clock(Instant::now());
+        let Ok(name) = rustls_pki_types::ServerName::try_from(target.host.clone()) else {
+            out.failure = Some((
+                Reason::TlsProtocol,
+                format!("{:?} is not a valid TLS server name", target.host),
+            ));
+            return out;
+        };
+        let (config, probe) = tls.config(true);
+        let connector = tokio_rustls::TlsConnector::from(config);
+        match timeout(t, connector.connect(name.clone(), tcp)).await {
+            Ok(Ok(s)) => {
+                let (_, conn) = s.get_ref();
+                out.chain = conn
+                    .peer_certificates()
+                    .map(describe_chain)
+                    .unwrap_or_default();
+                let proto = conn
+                    .protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default();
+                let suite = conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default();
+                let alpn = conn
+                    .alpn_protocol()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .unwrap_or("none".into());
+                out.client_cert_requested =
+                    probe.requested.load(std::sync::atomic::Ordering::SeqCst);
+                let verified = if opts.insecure {
+                    "NOT verified (--insecure)"
+                } else {
+                    "trusted, in date, matches the host"
+                };
+                step(
+                    &mut out.steps,
+                    "tls",
+                    true,
+                    &clock,
+                    format!(
+                        "{proto} {suite}, ALPN {alpn}; certificate {verified}{}",
+                        if out.client_cert_requested {
+                            "; the server asked for a client certificate"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                Box::new(s)
+            }
+            Ok(Err(e)) => {
+                let rustls_err = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .cloned();
+                let reason = rustls_err
+                    .as_ref()
+                    .map(classify)
+                    .unwrap_or(Reason::TlsProtocol);
+                // Read the chain over a second, unverified connection, to show what is wrong with it.
+                out.chain = read_chain(addr, name, tls, t).await;
+                step(&mut out.steps, "tls", false, &clock, format!("{e}"));
+                out.failure = Some((reason, format!("TLS handshake: {e}")));
+                return out;
+            }
+            Err(_) => {
+                step(
+                    &mut out.steps,
+                    "tls",
+                    false,
+                    &clock,
+                    format!("no TLS answer within {t:?}"),
+                );
+                out.failure = Some((Reason::TlsNotTls, format!("the server did not answer the TLS handshake within {t:?} (is this port TLS?)")));
+                return out;
+            }
+        }
+    } else {
+        Box::new(tcp)
+    };
+
+    // HTTP Upgrade
+    let clock = Clock(Instant::now());
+    let key = B64.encode(crate::analyze::random16());
+    out.key = key.clone();
+    out.sent = req.head(target, &key);
+    if let Err(e) = io.write_all(out.sent.as_bytes()).await {
+        step(
+            &mut out.steps,
+            "http",
+            false,
+            &clock,
+            format!("sending the request: {e}"),
+        );
+        out.failure = Some((
+            Reason::TcpReset,
+            format!("the connection broke while sending the request: {e}"),
+        ));
+        return out;
+    }
+    let mut buf = Vec::with_capacity(4096);
+    let read = timeout(t, async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                return Ok(end + 4);
+            }
+            if buf.len() > 32 * 1024 {
+                return Err(std::io::Error::other("response head longer than 32 KiB"));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let head_len = match read {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let reason = if !target.tls && buf.first().is_some_and(|b| *b == 0x15 || *b == 0x16) {
+                Reason::TlsRequired
+            } else if text.contains("CertificateRequired")
+                || (out.client_cert_requested && opts.client_cert.is_none())
+            {
+                Reason::TlsClientCertRequired
+            } else if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() && !target.tls
+            {
+                // A TLS port answers a plain request by closing: the caller checks with a TLS probe.
+                Reason::TlsRequired
+            } else {
+                Reason::TcpReset
+            };
+            step(
+                &mut out.steps,
+                "http",
+                false,
+                &clock,
+                format!("no HTTP answer: {text}"),
+            );
+            out.failure = Some((reason, format!("the server sent no HTTP answer ({text})")));
+            return out;
+        }
+        Err(_) => {
+            step(
+                &mut out.steps,
+                "http",
+                false,
+                &clock,
+                format!("no HTTP answer within {t:?}"),
+            );
+            out.failure = Some((
+                Reason::TcpTimeout,
+                format!("the server did not answer the handshake within {t:?}"),
+            ));
+            return out;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let resp = match parsed.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => Response {
+            status: parsed.code.unwrap_or(0),
+            reason: parsed.reason.unwrap_or("").to_owned(),
+            headers: parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::new(),
+        },
+        _ => {
+            let start = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
+            step(
+                &mut out.steps,
+                "http",
+                false,
+                &clock,
+                format!("not an HTTP answer: {start:?}"),
+            );
+            out.failure = Some((
+                Reason::HttpVersion,
+                format!("the answer is not HTTP/1.1: {start:?}"),
+            ));
+            return out;
+        }
+    };
+    let mut rest = buf[head_len..].to_vec();
+    let mut resp = resp;
+    if resp.status != 101 {
+        let want = resp
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(4096);
+        let _ = timeout(Duration::from_millis(300), async {
+            while rest.len() < want {
+                let mut chunk = [0u8; 4096];
+                match io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        resp.body = String::from_utf8_lossy(&rest[..rest.len().min(4096)]).into_owned();
+    }
+    let ok = resp.status == 101;
+    step(
+        &mut out.steps,
+        "http",
+        ok,
+        &clock,
+        format!("HTTP {} {}", resp.status, resp.reason),
+    );
+    out.response = Some(resp);
+    if ok && frames {
+        let clock = Clock(Instant::now());
+        let ws = exercise(&mut io, rest, opts).await;
+        let good = ws.early_close.is_none() && ws.ping_ok && !ws.dropped_while_idle;
+        let detail = match &ws.early_close {
+            Some((code, reason)) => {
+                format!("the server closed right after opening: {code} {reason:?}")
+            }
+            None => format!(
+                "ping/pong {}, close handshake {}{}",
+                if ws.ping_ok { "ok" } else { "got no pong" },
+                if ws.close_ok { "ok" } else { "not answered" },
+                ws.hold
+                    .as_ref()
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default()
+            ),
+        };
+        step(&mut out.steps, "websocket", good, &clock, detail);
+        out.ws = Some(ws);
+    }
+    out
+}
+
+async fn read_chain(
+    addr: SocketAddr,
+    name: rustls_pki_types::ServerName<'static>,
+    tls: &Tls,
+    t: Duration,
+) -> Vec<String> {
+    let Ok(Ok(tcp)) = timeout(t, TcpStream::connect(addr)).await else {
+        return Vec::new();
+    };
+    let (config, _) = tls.config(false);
+    match timeout(
+        t,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(describe_chain)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one server frame: `(opcode, payload)`; `None` on timeout or end of stream.
+async fn read_frame(
+    io: &mut Box<dyn Io>,
+    buf: &mut Vec<u8>,
+    wait: Duration,
+) -> Option<Result<(u8, Vec<u8>), ()>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if buf.len() >= 2 {
+            let len7 = usize::from(buf[1] & 0x7F);
+            let (hdr, len) = match len7 {
+                126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                127 if buf.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[2..10]);
+                    (10, u64::from_be_bytes(b) as usize)
+                }
+                126 | 127 => (usize::MAX, 0),
+                n => (2, n),
+            };
+            if hdr != usize::MAX && buf.len() >= hdr + len {
+                let op = buf[0] & 0x0F;
+                let payload = buf[hdr..hdr + len].to_vec();
+                buf.drain(..hdr + len);
+                return Some(Ok((op, payload)));
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let mut chunk = [0u8; 8192];
+        match timeout(left, io.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(Err(())),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = crate::analyze::random16();
+    let mut f = vec![0x80 | op, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask[..4]);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+fn close_of(payload: &[u8]) -> (u16, String) {
+    if payload.len() >= 2 {
+        (
+            u16::from_be_bytes([payload[0], payload[1]]),
+            String::from_utf8_lossy(&payload[2..]).into_owned(),
+        )
+    } else {
+        (1005, String::new())
+    }
+}
+
+/// Watches for an immediate close, pings, optionally holds, then closes cleanly.
+async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsResult {
+    let mut ws = WsResult::default();
+    // Many servers accept the upgrade and refuse right after with a close frame.
+    match read_frame(io, &mut buf, Duration::from_millis(300)).await {
+        Some(Ok((0x8, p))) => {
+            ws.early_close = Some(close_of(&p));
+            let _ = io.write_all(&masked(0x8, &p[..p.len().min(2)])).await;
+            return ws;
+        }
+        Some(Ok((0x1, p))) => {
+            ws.greeting = Some(String::from_utf8_lossy(&p[..p.len().min(200)]).into_owned())
+        }
+        Some(Err(())) => {
+            ws.early_close = Some((1006, "connection closed without a close frame".into()));
+            return ws;
+        }
+        _ => {}
+    }
+    if io.write_all(&masked(0x9, b"wsgate-doctor")).await.is_ok() {
+        while let Some(Ok((op, p))) = read_frame(io, &mut buf, opts.timeout).await {
+            match op {
+                0xA => {
+                    ws.ping_ok = true;
+                    break;
+                }
+                0x8 => {
+                    ws.early_close = Some(close_of(&p));
+                    return ws;
+                }
+                _ => continue,
+            }
+        }
+    }
+    if let Some(hold) = opts.hold {
+        let started = Instant::now();
+        loop {
+            match read_frame(io, &mut buf, hold.saturating_sub(started.elapsed())).await {
+                None => {
+                    ws.hold = Some(format!("still open after {hold:?}"));
+                    break;
+                }
+                Some(Ok((0x8, p))) => {
+                    let (code, reason) = close_of(&p);
+                    ws.hold = Some(format!(
+                        "the server closed after {:?} with {code} {reason:?}",
+                        started.elapsed()
+                    ));
+                    return ws;
+                }
+                Some(Ok((0x9, p))) => {
+                    let _ = io.write_all(&masked(0xA, &p)).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(())) => {
+                    ws.hold = Some(format!(
+                        "the connection was dropped without a close frame after {:?}",
+                        started.elapsed()
+                    ));
+                    ws.dropped_while_idle = true;
+                    return ws;
+                }
+            }
+        }
+    }
+    if io
+        .write_all(&masked(0x8, &1000u16.to_be_bytes()))
+        .await
+        .is_ok()
+    {
+        while let Some(Ok((op, _))) = read_frame(io, &mut buf, opts.timeout).await {
+            if op == 0x8 {
+                ws.close_ok = true;
+                break;
+            }
+        }
+    }
+    ws
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("wss://example.com/chat?x=1").unwrap();
+        assert!(
+            t.tls
+                && t.port == 443
+                && t.path_and_query == "/chat?x=1"
+                && t.authority == "example.com"
+        );
+        let t = Target::parse("ws://[::1]:8080").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path_and_query.as_str()),
+            ("::1", 8080, "/")
+        );
+        assert!(Target::parse("https://x/").unwrap_err().contains("ws://"));
+        assert!(Target::parse("ws://u:p@x/").is_err());
+        assert_eq!(
+            Target::parse("ws://h:81/").unwrap().own_origin(false),
+            "http://h:81"
+        );
+    }
+
+    #[test]
+    fn token_placements() {
+        let t = Target::parse("ws://h/p?a=1").unwrap();
+        let mut r = Request {
+            origin: Some("http://o".into()),
+            token: Some(("T".into(), TokenVia::Query("access_token".into()))),
+            subprotocols: vec!["chat".into()],
+            headers: vec![],
+        };
+        let head = r.head(&t, "k");
+        assert!(head.starts_with("GET /p?a=1&access_token=T HTTP/1.1\r\n"));
+        assert!(
+            head.contains("Origin: http://o\r\n")
+                && head.contains("Sec-WebSocket-Protocol: chat\r\n")
+        );
+        r.token = Some(("T".into(), TokenVia::Subprotocol("token.".into())));
+        assert!(r
+            .head(&t, "k")
+            .contains("Sec-WebSocket-Protocol: chat, token.T\r\n"));
+        r.token = Some(("T".into(), TokenVia::Cookie("c".into())));
+        assert!(r.head(&t, "k").contains("Cookie: c=T\r\n"));
+    }
+}
