@@ -133,7 +133,19 @@ async fn confirm_tls(opts: &Options, target: &Target, tls: &Tls) -> Reason {
     quick.insecure = true;
     quick.hold = None;
     let o = probe::attempt(&quick, &t, tls, &Request::from_options(opts), false).await;
-    if o.steps.iter().any(|s| s.name == "tls" && s.ok) {
+    // A certificate complaint also proves that the port speaks TLS.
+    let speaks_tls = o.steps.iter().any(|s| s.name == "tls" && s.ok)
+        || matches!(
+            o.failure.as_ref().map(|f| f.0),
+            Some(
+                Reason::TlsUntrusted
+                    | Reason::TlsExpired
+                    | Reason::TlsNotYetValid
+                    | Reason::TlsHostnameMismatch
+                    | Reason::TlsClientCertRequired
+            )
+        );
+    if speaks_tls {
         Reason::TlsRequired
     } else {
         Reason::TcpReset
@@ -220,8 +232,45 @@ fn opened(d: &mut Diagnosis, first: &Outcome, resp: &Response, base: &Request) {
     };
 }
 
+/// What a refusal's body says about its cause, when variations could not tell (servers that
+/// refuse every Origin but one, for example, refuse a missing Origin too).
+fn body_hint(base: &Request, resp: &Response) -> Option<Reason> {
+    let body = resp.body.to_ascii_lowercase();
+    if body.contains("origin") {
+        Some(if base.origin.is_some() {
+            Reason::OriginNotAllowed
+        } else {
+            Reason::OriginMissing
+        })
+    } else if [
+        "token",
+        "unauthorized",
+        "unauthenticated",
+        "credential",
+        "login",
+    ]
+    .iter()
+    .any(|w| body.contains(w))
+    {
+        Some(if base.token.is_some() {
+            Reason::AuthInvalid
+        } else {
+            Reason::AuthMissing
+        })
+    } else {
+        None
+    }
+}
+
+fn first_line(body: &str) -> &str {
+    body.lines().next().unwrap_or("").trim()
+}
+
 /// The causes and fixes when no experiment could be run.
 fn read_alone(base: &Request, resp: &Response) -> Reason {
+    if let Some(r) = body_hint(base, resp) {
+        return r;
+    }
     if resp.status == 401 || resp.header("www-authenticate").is_some() {
         return if base.token.is_some() {
             Reason::AuthInvalid
@@ -362,6 +411,12 @@ async fn experiment(
             base.subprotocols
         ));
         Reason::SubprotocolUnsupported
+    } else if let Some(r) = body_hint(base, resp) {
+        notes.push(format!(
+            "no variation was admitted; the refusal's own text points to it: {:?}",
+            first_line(&resp.body)
+        ));
+        r
     } else if base_status == 401 || resp.header("www-authenticate").is_some() {
         notes.push(format!(
             "HTTP {base_status}{}",

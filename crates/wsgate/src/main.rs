@@ -530,23 +530,24 @@ fn doctor(a: DoctorArgs) -> ExitCode {
             _ => return usage(format!("--header {h:?} must look like `Name: value`")),
         }
     }
-    let resolve =
-        match &a.resolve {
-            None => None,
-            Some(r) => {
-                let mut parts = r.splitn(3, ':');
-                match (
-                    parts.next(),
-                    parts.next(),
-                    parts.next().map(|ip| ip.trim_matches(['[', ']']).parse()),
-                ) {
-                    (Some(_), Some(_), Some(Ok(ip))) => Some(ip),
-                    _ => return usage(format!(
+    let resolve = match &a.resolve {
+        None => None,
+        Some(r) => {
+            let mut parts = r.splitn(3, ':');
+            match (
+                parts.next(),
+                parts.next(),
+                parts.next().map(|ip| ip.trim_matches(['[', ']']).parse()),
+            ) {
+                (Some(_), Some(_), Some(Ok(ip))) => Some(ip),
+                _ => {
+                    return usage(format!(
                         "--resolve {r:?} must be host:port:address, e.g. example.com:443:127.0.0.1"
-                    )),
+                    ))
                 }
             }
-        };
+        }
+    };
     if !(a.timeout > 0.0 && a.timeout <= 600.0) || a.hold.is_some_and(|h| !(h > 0.0 && h <= 3600.0))
     {
         return usage("--timeout must be 0 to 600 seconds and --hold 0 to 3600".into());
