@@ -184,6 +184,67 @@ def test_broken_handshakes_and_a_close_right_after_opening(peer):
     assert "1008" in d["browser"]
 
 
+def test_reset_redirect_and_a_101_without_upgrade(peer):
+    assert doctor(f"ws://127.0.0.1:{peer('reset')}/")["cause"] == "tcp.reset"
+    d = doctor(f"ws://127.0.0.1:{peer('redirect', 'wss://elsewhere.test/ws')}/")
+    assert d["cause"] == "http.redirect" and any("wss://elsewhere.test/ws" in e for e in d["evidence"])
+    assert doctor(f"ws://127.0.0.1:{peer('noupgrade')}/")["cause"] == "ws.upgrade_header_missing"
+
+
+def test_wsgate_refusing_for_its_codes(wsgate, tmp_path):
+    import hashlib
+
+    sha = hashlib.sha256(b"k").hexdigest()
+    dead = free_port()
+    routes = f"""
+    [[route]]
+    path = "/ws/proto"
+    kind = "echo"
+    subprotocols = ["v2"]
+    [[route]]
+    path = "/ws/browsers"
+    kind = "echo"
+    allow_missing_origin = false
+    [[route]]
+    path = "/ws/fw"
+    kind = "echo"
+    firewall = {{ deny = ["127.0.0.1"] }}
+    [[route]]
+    path = "/ws/host"
+    kind = "echo"
+    hosts = ["gw.test"]
+    [[route]]
+    path = "/ws/authz"
+    kind = "echo"
+    [route.auth]
+    api_keys = [{{ name = "k", sha256 = "{sha}" }}]
+    [route.authz]
+    require_scopes = ["admin"]
+    [[route]]
+    path = "/ws/up"
+    kind = "proxy"
+    upstream = "ws://127.0.0.1:{dead}/"
+    [[route]]
+    path = "/ws/ext"
+    kind = "echo"
+    [route.auth]
+    external = {{ url = "http://127.0.0.1:{dead}/check" }}
+    """
+    s = wsgate(config(routes=routes))
+    for path, args, cause in [
+        ("/ws/proto", ["--subprotocol", "v1"], "subprotocol.unsupported"),
+        ("/ws/browsers", [], "origin.missing"),
+        ("/ws/fw", [], "firewall.ip_denied"),
+        ("/ws/host", [], "host.not_allowed"),
+        ("/ws/authz", ["--token", "k"], "authz.forbidden"),
+        ("/ws/up", [], "upstream.unreachable"),
+        ("/ws/ext", [], "auth.unavailable"),
+    ]:
+        d = doctor(s.url + path, *args)
+        assert (d["cause"], d["server"]["reason"]) == (cause, cause), path
+        assert d["fixes"] and d["server"]["request_id"]
+
+
 def test_human_output_and_usage_errors(wsgate):
     s = wsgate()
     out = subprocess.run([BIN, "doctor", s.url + "/nope"], capture_output=True, text=True)

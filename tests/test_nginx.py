@@ -63,6 +63,12 @@ http {{
             proxy_set_header Connection "upgrade";
             proxy_read_timeout 1s;
         }}
+        location /dead {{
+            proxy_pass http://127.0.0.1:{dead}/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        }}
         location / {{ return 404; }}
     }}
 }}
@@ -85,7 +91,7 @@ def nginx(tmp_path_factory):
     backend = Wsgate(config(routes=routes, limits='ping_interval = "5m"\nidle_timeout = "10m"\n'), d)
     py, py_port = start_python("ws_upstream.py", "echo", tmp_path=d)
     port = free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, ws=backend.port, py=py_port))
+    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, ws=backend.port, py=py_port, dead=free_port()))
     proc = subprocess.Popen(
         [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", f"daemon off; pid {d}/nginx.pid; error_log stderr;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -142,6 +148,11 @@ def test_nginx_auth_request(nginx):
     assert any("Authorization header" in e["change"] and e["status"] == 101 for e in d["experiments"])
     assert doctor(nginx + "/auth", "--token", "good")["ok"]
     assert doctor(nginx + "/auth", "--token", "bad")["cause"] == "auth.invalid"
+
+
+def test_nginx_with_its_backend_down(nginx):
+    d = doctor(nginx + "/dead")
+    assert d["cause"] == "http.upstream" and d["server"]["software"] == "nginx"
 
 
 def test_nginx_idle_timeout_is_seen_with_hold(nginx):

@@ -7,13 +7,18 @@ Usage: doctor_servers.py MODE [ARG...]; prints `port N` once listening on 127.0.
   tls CERT KEY        Python websockets echo over TLS with the given certificate
   badaccept           a raw server answering 101 with a wrong Sec-WebSocket-Accept
   noproto             a raw server answering 101 without choosing any offered subprotocol
+  noupgrade           a raw server answering 101 without Upgrade/Connection headers
+  redirect URL        a raw server answering 301 to URL
+  reset               a raw server that resets every connection after reading the request
 """
 
 import asyncio
 import base64
 import hashlib
 import http
+import socket
 import ssl
+import struct
 import sys
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,7 +36,7 @@ async def close_at_once(ws):
     await ws.close(1008, "unauthorized")
 
 
-async def raw(reader, writer, bad_accept):
+async def raw(reader, writer, mode, arg=None):
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = await reader.read(4096)
@@ -40,17 +45,28 @@ async def raw(reader, writer, bad_accept):
         head += chunk
     key = next(l.split(":", 1)[1].strip() for l in head.decode().split("\r\n") if l.lower().startswith("sec-websocket-key:"))
     accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-    if bad_accept:
+    if mode == "badaccept":
         accept = base64.b64encode(b"0" * 20).decode()
-    writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+    if mode == "reset":
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        return
+    if mode == "redirect":
+        writer.write(f"HTTP/1.1 301 Moved Permanently\r\nLocation: {arg}\r\nContent-Length: 0\r\n\r\n".encode())
+    elif mode == "noupgrade":
+        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+    else:
+        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
     await writer.drain()
     await asyncio.sleep(5)
     writer.close()
 
 
 async def main(mode, *args):
-    if mode in ("badaccept", "noproto"):
-        server = await asyncio.start_server(lambda r, w: raw(r, w, mode == "badaccept"), "127.0.0.1", 0)
+    if mode in ("badaccept", "noproto", "noupgrade", "redirect", "reset"):
+        arg = args[0] if args else None
+        server = await asyncio.start_server(lambda r, w: raw(r, w, mode, arg), "127.0.0.1", 0)
         print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
         async with server:
             await server.serve_forever()
