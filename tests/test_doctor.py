@@ -256,3 +256,36 @@ def test_human_output_and_usage_errors(wsgate):
     assert bad.returncode == 2 and "ws://" in bad.stderr
     bad = subprocess.run([BIN, "doctor", "ws://x/", "--token-via", "carrier-pigeon"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_chromium_devtools_endpoint_refusing_an_origin(tmp_path):
+    import time
+    import urllib.request
+
+    from conftest import require_tool
+
+    chromium = require_tool("chromium", "headless Chromium (Debian package chromium)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--remote-debugging-port={port}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ws_url = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1) as r:
+                    ws_url = json.load(r)["webSocketDebuggerUrl"]
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert ws_url, "Chromium's DevTools endpoint did not come up"
+        d = doctor(ws_url, "--origin", "http://evil.test")
+        assert d["cause"] == "origin.not_allowed" and d["server"]["software"] == "Chromium DevTools"
+        assert "--remote-allow-origins=http://evil.test" in fixes(d, "server")
+        assert doctor(ws_url)["ok"], "without an Origin, DevTools admits the client"
+    finally:
+        proc.kill()
+        proc.wait()

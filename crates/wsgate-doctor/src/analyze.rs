@@ -35,7 +35,11 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         fixes: Vec::new(),
         steps: first.steps.clone(),
         experiments: Vec::new(),
-        server: first.response.as_ref().map(server_info).unwrap_or_default(),
+        server: first
+            .response
+            .as_ref()
+            .map(|r| server_info(r, &target.path_and_query))
+            .unwrap_or_default(),
         browser: String::new(),
     };
     d.evidence.extend(first.chain.iter().cloned());
@@ -491,6 +495,21 @@ fn tailored(
         (Reason::HttpUpgradeRequired | Reason::HttpNotWebsocket, "nginx") => Some(
             "nginx: in the location: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`".into(),
         ),
+        (Reason::OriginNotAllowed | Reason::ForbiddenUnconditional, "Chromium DevTools") => Some(format!(
+            "Chromium: start the browser with `--remote-allow-origins={origin}` (or connect without an Origin header)"
+        )),
+        (Reason::OriginNotAllowed, "gorilla/websocket") => Some(format!(
+            "gorilla/websocket: let Upgrader.CheckOrigin accept {origin} (compare r.Header.Get(\"Origin\") with your allowlist; never return true for all)"
+        )),
+        (Reason::OriginNotAllowed | Reason::ForbiddenUnconditional, "Phoenix") => Some(format!(
+            "Phoenix: add the origin to the socket's `check_origin: [\"{origin}\"]` in the endpoint"
+        )),
+        (Reason::HttpNotFound, "Rails Action Cable") => Some(format!(
+            "Rails Action Cable refuses disallowed origins with 404: add it to `config.action_cable.allowed_request_origins = [\"{origin}\"]`"
+        )),
+        (_, "Socket.IO") => Some(
+            "Socket.IO speaks its own protocol over WebSocket: connect with a Socket.IO client, or use the engine URL `/socket.io/?EIO=4&transport=websocket`".into(),
+        ),
         (Reason::ForbiddenUnconditional, "nginx") => Some("nginx: look for `deny`/`allow` rules and `return 403` in the server and location blocks for this path".into()),
         (Reason::ForbiddenUnconditional, "Envoy") => Some("Envoy: the RBAC filter refused the request; check its policies for this path and principal".into()),
         (Reason::ForbiddenUnconditional, "Cloudflare") => Some("Cloudflare: check the WAF and firewall rules (Security → Events) for this request's cf-ray".into()),
@@ -501,12 +520,27 @@ fn tailored(
     }
 }
 
-/// Recognises common servers and front doors from an answer.
-pub fn server_info(resp: &Response) -> ServerInfo {
+/// Recognises common servers and front doors from an answer (and the path asked for).
+pub fn server_info(resp: &Response, path: &str) -> ServerInfo {
     let server = resp.header("server").map(str::to_owned);
     let s = server.clone().unwrap_or_default().to_ascii_lowercase();
     let body = resp.body.to_ascii_lowercase();
-    let software = if resp.header("wsgate-reason").is_some()
+    let software = if body.contains("--remote-allow-origins") || path.starts_with("/devtools/") {
+        Some("Chromium DevTools")
+    } else if path.contains("/socket.io/")
+        || body.contains("\"transport unknown\"")
+        || body.contains("\"code\":3")
+    {
+        Some("Socket.IO")
+    } else if path.starts_with("/cable") && resp.status == 404 {
+        Some("Rails Action Cable")
+    } else if body.contains("upgrader.checkorigin")
+        || body.contains("websocket: request origin not allowed")
+    {
+        Some("gorilla/websocket")
+    } else if body.contains("phoenix") {
+        Some("Phoenix")
+    } else if resp.header("wsgate-reason").is_some()
         || resp.header("x-request-id").is_some() && s.is_empty() && resp.status == 101
     {
         Some("wsgate")
@@ -588,7 +622,7 @@ mod tests {
 
     #[test]
     fn recognises_servers() {
-        let s = |r: Response| server_info(&r).software;
+        let s = |r: Response| server_info(&r, "/ws").software;
         assert_eq!(
             s(resp(403, &[("Server", "nginx/1.22.1")], "")).as_deref(),
             Some("nginx")
@@ -608,6 +642,35 @@ mod tests {
         assert_eq!(
             s(resp(403, &[("Server", "Python/3.11 websockets/17.4")], "")).as_deref(),
             Some("Python websockets")
+        );
+        let devtools = "Rejected an incoming WebSocket connection from the http://x origin. Use the command line flag --remote-allow-origins=http://x to allow connections from this origin or --remote-allow-origins=* to allow all origins.";
+        assert_eq!(
+            s(resp(403, &[], devtools)).as_deref(),
+            Some("Chromium DevTools")
+        );
+        assert_eq!(
+            s(resp(
+                403,
+                &[],
+                "websocket: request origin not allowed by Upgrader.CheckOrigin"
+            ))
+            .as_deref(),
+            Some("gorilla/websocket")
+        );
+        assert_eq!(
+            server_info(&resp(404, &[], ""), "/cable")
+                .software
+                .as_deref(),
+            Some("Rails Action Cable")
+        );
+        assert_eq!(
+            server_info(
+                &resp(400, &[], r#"{"code":3,"message":"Bad request"}"#),
+                "/socket.io/?EIO=4"
+            )
+            .software
+            .as_deref(),
+            Some("Socket.IO")
         );
     }
 
