@@ -136,7 +136,10 @@ def test_tls_causes(wsgate, peer, tmp_path):
     d = doctor(url)
     assert d["cause"] == "tls.untrusted" and "--cacert" in fixes(d, "client")
     assert any("certificate 0: subject CN=localhost" in e for e in d["evidence"]), "the chain is shown"
-    assert doctor(url, "--cacert", tmp_path / "cert.pem")["ok"]
+    ok = doctor(url, "--cacert", tmp_path / "cert.pem")
+    assert ok["ok"]
+    tls_step = next(st for st in ok["steps"] if st["name"] == "tls")
+    assert "trusted: yes; in date: yes; matches localhost: yes; client certificate requested: no" in tls_step["detail"]
     assert doctor(url, "--insecure")["ok"]
     assert doctor(f"ws://localhost:{s.port}/ws/echo")["cause"] == "tls.required"
     plain = wsgate()

@@ -379,10 +379,16 @@ pub async fn attempt(
                     .unwrap_or("none".into());
                 out.client_cert_requested =
                     probe.requested.load(std::sync::atomic::Ordering::SeqCst);
-                let verified = if opts.insecure {
-                    "NOT verified (--insecure)"
+                let checks = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| crate::tls::leaf_checks(leaf, &target.host));
+                let yes = |b: bool| if b { "yes" } else { "NO" };
+                let (in_date, matches) = checks.unwrap_or((false, false));
+                let trusted = if opts.insecure {
+                    "not checked (--insecure)"
                 } else {
-                    "trusted, in date, matches the host"
+                    "yes"
                 };
                 step(
                     &mut out.steps,
@@ -390,12 +396,11 @@ pub async fn attempt(
                     true,
                     &clock,
                     format!(
-                        "{proto} {suite}, ALPN {alpn}; certificate {verified}{}",
-                        if out.client_cert_requested {
-                            "; the server asked for a client certificate"
-                        } else {
-                            ""
-                        }
+                        "{proto} {suite}, ALPN {alpn}; trusted: {trusted}; in date: {}; matches {}: {}; client certificate requested: {}",
+                        yes(in_date),
+                        target.host,
+                        yes(matches),
+                        yes(out.client_cert_requested).to_lowercase()
                     ),
                 );
                 Box::new(s)

@@ -177,6 +177,37 @@ pub fn classify(e: &rustls::Error) -> Reason {
     }
 }
 
+/// Whether the leaf certificate is in date now, and whether it names `host` (DNS name, with a
+/// one-label wildcard, or IP address): the checks reported separately from trust.
+pub fn leaf_checks(leaf: &CertificateDer<'_>, host: &str) -> Option<(bool, bool)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, c) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let in_date = c.validity().is_valid();
+    let host = host.to_ascii_lowercase();
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    let names = c.subject_alternative_name().ok().flatten();
+    let matches = names.is_some_and(|e| {
+        e.value.general_names.iter().any(|n| match n {
+            GeneralName::DNSName(d) => {
+                let d = d.to_ascii_lowercase();
+                match d.strip_prefix("*.") {
+                    Some(suffix) => host
+                        .split_once('.')
+                        .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+                    None => d == host,
+                }
+            }
+            GeneralName::IPAddress(b) => match (ip, b.len()) {
+                (Some(std::net::IpAddr::V4(v4)), 4) => v4.octets()[..] == b[..],
+                (Some(std::net::IpAddr::V6(v6)), 16) => v6.octets()[..] == b[..],
+                _ => false,
+            },
+            _ => false,
+        })
+    });
+    Some((in_date, matches))
+}
+
 /// Subject, issuer, validity and SANs of each certificate, one line each.
 pub fn describe_chain(certs: &[CertificateDer<'_>]) -> Vec<String> {
     certs
