@@ -248,6 +248,47 @@ def test_wsgate_refusing_for_its_codes(wsgate, tmp_path):
         assert d["fixes"] and d["server"]["request_id"]
 
 
+def test_wsgate_limits_expiry_and_refusing_upstream(wsgate, peer):
+    import time as _time
+
+    import jwt as pyjwt
+
+    from conftest import handshake
+
+    secret = "a-shared-secret-of-at-least-32-bytes!"
+    refusing = peer("token", "never-given")
+    routes = f"""
+    [[route]]
+    path = "/ws/jwt"
+    kind = "echo"
+    [route.auth]
+    [[route.auth.jwt]]
+    secret = "{secret}"
+    leeway = "0s"
+    [[route]]
+    path = "/ws/up"
+    kind = "proxy"
+    upstream = "ws://127.0.0.1:{refusing}/"
+    [[route]]
+    path = "/ws/echo"
+    kind = "echo"
+    """
+    s = wsgate(config(routes=routes, limits="max_connections_per_client = 1\n"))
+    expired = pyjwt.encode({"sub": "a", "exp": int(_time.time()) - 60}, secret, algorithm="HS256")
+    d = doctor(s.url + "/ws/jwt", "--token", expired)
+    assert d["cause"] == "auth.expired" and "fresh token" in fixes(d, "client")
+    assert doctor(s.url + "/ws/up")["cause"] == "upstream.refused"
+    held = socket.create_connection(("127.0.0.1", s.port))
+    held.sendall(handshake())
+    assert held.recv(100).startswith(b"HTTP/1.1 101")
+    assert doctor(s.url + "/ws/echo")["cause"] == "limit.client_connections"
+    held.close()
+    r = wsgate(config(limits="handshake_rate = 1\nhandshake_burst = 1\n"))
+    doctor(r.url + "/ws/echo")
+    d = doctor(r.url + "/ws/echo")
+    assert d["cause"] == "limit.rate" and "Retry-After" in fixes(d, "client")
+
+
 def test_human_output_and_usage_errors(wsgate):
     s = wsgate()
     out = subprocess.run([BIN, "doctor", s.url + "/nope"], capture_output=True, text=True)

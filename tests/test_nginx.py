@@ -63,6 +63,12 @@ http {{
             proxy_set_header Connection "upgrade";
             proxy_read_timeout 1s;
         }}
+        location /hostless {{
+            proxy_pass http://127.0.0.1:{same}/ws/echo;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        }}
         location /dead {{
             proxy_pass http://127.0.0.1:{dead}/;
             proxy_http_version 1.1;
@@ -90,8 +96,9 @@ def nginx(tmp_path_factory):
     routes = '[[route]]\npath = "/ws/echo"\nkind = "echo"\norigins = ["https://app.test"]\n'
     backend = Wsgate(config(routes=routes, limits='ping_interval = "5m"\nidle_timeout = "10m"\n'), d)
     py, py_port = start_python("ws_upstream.py", "echo", tmp_path=d)
+    same = Wsgate(config(), d)  # default policy: same-origin, compared with the Host it receives
     port = free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, ws=backend.port, py=py_port, dead=free_port()))
+    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, ws=backend.port, py=py_port, dead=free_port(), same=same.port))
     proc = subprocess.Popen(
         [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", f"daemon off; pid {d}/nginx.pid; error_log stderr;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -112,6 +119,7 @@ def nginx(tmp_path_factory):
     py.kill()
     py.wait()
     backend.stop()
+    same.stop()
 
 
 def test_nginx_done_right(nginx):
@@ -148,6 +156,13 @@ def test_nginx_auth_request(nginx):
     assert any("Authorization header" in e["change"] and e["status"] == 101 for e in d["experiments"])
     assert doctor(nginx + "/auth", "--token", "good")["ok"]
     assert doctor(nginx + "/auth", "--token", "bad")["cause"] == "auth.invalid"
+
+
+def test_nginx_rewriting_host_before_a_same_origin_check(nginx):
+    own = nginx.replace("ws://", "http://")
+    d = doctor(nginx + "/hostless", "--origin", own)
+    assert d["cause"] == "origin.not_allowed"
+    assert "proxy_set_header Host $host" in fixes(d, "server")
 
 
 def test_nginx_with_its_backend_down(nginx):

@@ -91,6 +91,7 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
             d.evidence
                 .push(format!("the server states its reason: {code}"));
             conclude(&mut d, r, Some(&resp), &first);
+            host_rewrite_hint(&mut d, r, &base, target);
             return d;
         }
     }
@@ -126,7 +127,31 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         read_alone(&base, &resp)
     };
     conclude(&mut d, cause, Some(&resp), &first);
+    host_rewrite_hint(&mut d, cause, &base, target);
     d
+}
+
+/// The classic proxy fault: the page's origin *is* the address the client connected to, yet the
+/// origin is refused. The backend then compares it with a different Host: the one a reverse proxy
+/// sent it (nginx sends the upstream's address unless told otherwise).
+fn host_rewrite_hint(d: &mut Diagnosis, cause: Reason, base: &Request, target: &Target) {
+    let own = [target.own_origin(false), target.own_origin(true)];
+    let same = base
+        .origin
+        .as_ref()
+        .is_some_and(|o| own.iter().any(|x| x.eq_ignore_ascii_case(o)));
+    if cause == Reason::OriginNotAllowed && same {
+        d.evidence.push(
+            "the refused Origin is the address you connected to: a proxy in front probably sends the backend another Host, and the backend compares the Origin with that".into(),
+        );
+        d.fixes.insert(
+            1.min(d.fixes.len()),
+            Fix {
+                side: Side::Server,
+                text: "Make the reverse proxy pass the client's Host to the backend (nginx: `proxy_set_header Host $host;`), or allow this origin explicitly in the backend".into(),
+            },
+        );
+    }
 }
 
 /// A ws:// URL got no HTTP answer: does the port speak TLS?
