@@ -179,9 +179,10 @@ class RawResponse:
         return json.loads(self.body)
 
 
-def raw(port, data, timeout=5, keep_open=False):
-    """Sends raw bytes and parses the HTTP response head (and body by Content-Length)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw(port, data, timeout=5, keep_open=False, source=None):
+    """Sends raw bytes and parses the HTTP response head (and body by Content-Length); `source`
+    picks another loopback source address (127.0.0.2, ...)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None)
     s.sendall(data)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -259,6 +260,23 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def python_peer(tmp_path):
+    """Factory: `python_peer("script.py", *args)` starts a helper from tests/peers, returns its port,
+    and stops it after the test."""
+    procs = []
+
+    def start(script, *args):
+        proc, port = start_python(script, *args, tmp_path=tmp_path)
+        procs.append(proc)
+        return port
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
 
 
 def start_python(script, *args, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import BIN, NODE_MODULES, ROOT, config, frame, handshake, raw, read_frame, require_tool, run_node, start_python
+from conftest import BIN, NODE_MODULES, ROOT, config, frame, handshake, raw, read_frame, require_tool, run_node
 
 SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
 
@@ -118,18 +118,8 @@ def test_channel_without_echo_to_sender(wsgate):
 
 
 @pytest.fixture
-def upstream(tmp_path):
-    procs = []
-
-    def start(mode="echo", *tls):
-        proc, port = start_python("ws_upstream.py", mode, *tls, tmp_path=tmp_path)
-        procs.append(proc)
-        return port
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def upstream(python_peer):
+    return lambda mode="echo", *tls: python_peer("ws_upstream.py", mode, *tls)
 
 
 def proxy_config(port, extra="", scheme="ws", host="127.0.0.1"):

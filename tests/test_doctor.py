@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, Wsgate, config, free_port, start_python
+from conftest import BIN, Wsgate, config, free_port
 from test_tls_and_cli import make_cert, tls_listener
 
 
@@ -27,18 +27,8 @@ def fixes(d, side=None):
 
 
 @pytest.fixture
-def peer(tmp_path):
-    procs = []
-
-    def start(*args):
-        proc, port = start_python("doctor_servers.py", *args, tmp_path=tmp_path)
-        procs.append(proc)
-        return port
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def peer(python_peer):
+    return lambda *args: python_peer("doctor_servers.py", *args)
 
 
 def test_a_working_endpoint(wsgate):

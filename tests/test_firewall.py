@@ -8,23 +8,9 @@ from conftest import config, handshake, raw
 
 
 def raw_from(source, port, data):
-    """Like conftest.raw, from another loopback source address (127.0.0.2, ...)."""
-    s = socket.socket()
-    s.bind((source, 0))
-    s.settimeout(5)
-    s.connect(("127.0.0.1", port))
-    s.sendall(data)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    head = buf.split(b"\r\n\r\n")[0].decode()
-    status = int(head.split()[1])
-    headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in head.split("\r\n")[1:] if ":" in l}
-    return status, headers
+    """Status and headers of a raw request sent from another loopback source address."""
+    r = raw(port, data, source=source)
+    return r.status, {k: v[0] for k, v in r.headers.items()}
 
 
 ROUTES = """

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, IN_CI, config, free_port, require_tool, start_python
+from conftest import BIN, IN_CI, config, free_port, start_python
 from test_doctor import doctor, fixes
 
 NGINX_CONF = """
