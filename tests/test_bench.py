@@ -1,0 +1,29 @@
+"""A smoke run of every benchmark mode (tiny counts, a few seconds), so the harness never rots.
+It asserts that every mode produced numbers for every server, never how fast anything was."""
+
+import json
+import os
+import subprocess
+
+from conftest import ROOT, require_tool
+
+BENCH = os.environ.get("WSGATE_BENCH_BIN", str(ROOT / "target" / "debug" / "wsgate-bench"))
+
+
+def test_benchmark_smoke_run(tmp_path):
+    require_tool(BENCH, "build it with `cargo build -p wsgate-bench`")
+    wsgate = os.environ.get("WSGATE_BIN", str(ROOT / "target" / "debug" / "wsgate"))
+    out = subprocess.run([BENCH, "run", "--smoke", "--wsgate", wsgate, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "results.json").read_text())
+    servers = {"wsgate", "fastwebsockets", "tungstenite"}
+    cases = {r["case"] for r in doc["echo"]}
+    assert len(cases) == 6
+    for case in cases:
+        rows = [r for r in doc["echo"] if r["case"] == case]
+        assert {r["server"] for r in rows} == servers, case
+        assert all(r["msgs_per_sec"] > 0 and r["p99_us"] > 0 for r in rows)
+    assert doc["handshake"]["with_policy_per_sec"] > 0 and doc["handshake"]["without_policy_per_sec"] > 0
+    assert doc["fanout"] and doc["fanout"][0]["result"]["deliveries_per_sec"] > 0
+    assert {r["server"] for r in doc["idle"]} == servers
+    assert "### Ratios (same run)" in (tmp_path / "results.md").read_text()
