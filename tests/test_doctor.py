@@ -279,6 +279,33 @@ def test_wsgate_limits_expiry_and_refusing_upstream(wsgate, peer):
     assert d["cause"] == "limit.rate" and "Retry-After" in fixes(d, "client")
 
 
+def test_tcp_timeout_http_version_and_tls_protocol(peer, tmp_path):
+    # A listener that never accepts, with a full accept queue: the kernel drops further SYNs.
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        out = subprocess.run([BIN, "doctor", f"ws://127.0.0.1:{port}/", "--json", "--timeout", "1"], capture_output=True, text=True, timeout=30)
+        d = json.loads(out.stdout)
+        assert d["cause"] in ("tcp.timeout",), d["steps"]
+    finally:
+        for s in fillers:
+            s.close()
+        lst.close()
+    assert doctor(f"ws://127.0.0.1:{peer('status', 505)}/")["cause"] == "http.version"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    c, k = make_cert(tmp_path, "cbc", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    d = doctor(f"wss://localhost:{peer('tls12cbc', c, k)}/", "--cacert", c)
+    assert d["cause"] == "tls.protocol", d["steps"]
+
+
 def test_human_output_and_usage_errors(wsgate):
     s = wsgate()
     out = subprocess.run([BIN, "doctor", s.url + "/nope"], capture_output=True, text=True)

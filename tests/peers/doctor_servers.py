@@ -10,6 +10,8 @@ Usage: doctor_servers.py MODE [ARG...]; prints `port N` once listening on 127.0.
   noupgrade           a raw server answering 101 without Upgrade/Connection headers
   redirect URL        a raw server answering 301 to URL
   reset               a raw server that resets every connection after reading the request
+  status CODE         a raw server answering every request with HTTP CODE
+  tls12cbc CERT KEY   TLS 1.2 with only CBC cipher suites (which modern clients refuse)
 """
 
 import asyncio
@@ -52,7 +54,9 @@ async def raw(reader, writer, mode, arg=None):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
         return
-    if mode == "redirect":
+    if mode == "status":
+        writer.write(f"HTTP/1.1 {arg} Nope\r\nContent-Length: 0\r\n\r\n".encode())
+    elif mode == "redirect":
         writer.write(f"HTTP/1.1 301 Moved Permanently\r\nLocation: {arg}\r\nContent-Length: 0\r\n\r\n".encode())
     elif mode == "noupgrade":
         writer.write(f"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
@@ -64,7 +68,7 @@ async def raw(reader, writer, mode, arg=None):
 
 
 async def main(mode, *args):
-    if mode in ("badaccept", "noproto", "noupgrade", "redirect", "reset"):
+    if mode in ("badaccept", "noproto", "noupgrade", "redirect", "reset", "status"):
         arg = args[0] if args else None
         server = await asyncio.start_server(lambda r, w: raw(r, w, mode, arg), "127.0.0.1", 0)
         print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
@@ -85,6 +89,12 @@ async def main(mode, *args):
     elif mode == "tls":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args[0], args[1])
+        kwargs["ssl"] = ctx
+    elif mode == "tls12cbc":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args[0], args[1])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")
         kwargs["ssl"] = ctx
     async with serve(handler, "127.0.0.1", 0, **kwargs) as server:
         print(f"port {server.sockets[0].getsockname()[1]}", flush=True)

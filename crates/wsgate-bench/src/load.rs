@@ -79,9 +79,13 @@ pub async fn echo(
     duration: Duration,
 ) -> std::io::Result<EchoResult> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    // Every connection is open before any sends, so set-up never competes with load.
+    let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let stream = connect(addr, path, &[], None).await?;
+        streams.push(connect(addr, path, &[], None).await?);
+    }
+    let mut tasks = Vec::new();
+    for stream in streams {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = WebSocket::after_handshake(stream, Role::Client);
@@ -115,6 +119,7 @@ pub async fn echo(
                 }
                 done += 1;
                 if stop.load(Ordering::Relaxed) {
+                    let _ = ws.write_frame(Frame::close(1000, b"")).await;
                     return (done, hist);
                 }
                 sent.push_back(Instant::now());
@@ -135,12 +140,16 @@ pub async fn echo(
     let mut total = 0;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    for t in tasks {
-        if let Ok(Ok((n, h))) = tokio::time::timeout(Duration::from_secs(10), t).await {
-            total += n;
-            if let Some(h) = h {
-                let _ = hist.add(h);
+    for mut t in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), &mut t).await {
+            Ok(Ok((n, h))) => {
+                total += n;
+                if let Some(h) = h {
+                    let _ = hist.add(h);
+                }
             }
+            // A connection that did not finish must not keep loading the next measurement.
+            _ => t.abort(),
         }
     }
     Ok(EchoResult {
@@ -183,8 +192,13 @@ pub async fn handshakes(
         }));
     }
     let started = Instant::now();
-    for t in tasks {
-        let _ = t.await;
+    for mut t in tasks {
+        if tokio::time::timeout(duration + Duration::from_secs(10), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+        }
     }
     let n = count.load(Ordering::Relaxed);
     if n == 0 {
@@ -217,7 +231,7 @@ pub async fn fanout(
     let origin = Instant::now();
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let source: IpAddr = format!("127.0.0.{}", 2 + i % 8)
+        let source: IpAddr = format!("127.0.0.{}", 2 + i % 200)
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let stream = connect(addr, path, &[], Some(source)).await?;
@@ -283,7 +297,7 @@ pub async fn fanout(
 pub async fn idle(addr: SocketAddr, path: &str, count: usize) -> std::io::Result<Vec<TcpStream>> {
     let mut conns = Vec::with_capacity(count);
     for i in 0..count {
-        let source: IpAddr = format!("127.0.0.{}", 2 + (i / 20_000) % 200)
+        let source: IpAddr = format!("127.0.0.{}", 2 + i % 200)
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         conns.push(connect(addr, path, &[], Some(source)).await?);

@@ -347,8 +347,9 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
         >= 2
         && which("taskset")
     {
+        // -a: every thread of this process (the runtime's workers exist already).
         let _ = Command::new("taskset")
-            .args(["-cp", "1", &std::process::id().to_string()])
+            .args(["-a", "-cp", "1", &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
     }
