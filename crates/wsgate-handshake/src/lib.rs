@@ -4,6 +4,8 @@
 //! client asked for, ready for the 101 answer) or a [`Refusal`] naming a catalog [`Reason`]. Keeping
 //! it free of I/O is what lets every rule be unit-tested and reused by the doctor.
 
+pub mod frame;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, CONNECTION, HOST, ORIGIN, UPGRADE};

@@ -1,20 +1,36 @@
-//! Rooms for `channel` routes: one publish is one shared buffer, handed to every member by
-//! reference count, never copied per subscriber.
+//! Rooms for `channel` routes: one publish is serialised once into a shared frame, handed to
+//! every member by reference count, never copied per subscriber.
 
-use bytes::Bytes;
-use fastwebsockets::OpCode;
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
+use wsgate_handshake::frame::{write_server_header, OpCode, MAX_SERVER_HEADER};
 
 /// A published message, shared by every member that receives it.
 pub struct Broadcast {
     /// The publishing connection, so `deliver_to_sender = false` can skip it.
     pub from: u64,
-    /// Text or binary.
-    pub opcode: OpCode,
-    /// The payload, shared.
-    pub payload: Bytes,
+    /// The complete server frame (header and payload), written as is by every member.
+    pub frame: Bytes,
+    /// Payload bytes, for the metrics.
+    pub payload_len: usize,
+}
+
+impl Broadcast {
+    /// Serialises a message once, for all members.
+    pub fn new(from: u64, opcode: OpCode, payload: &[u8]) -> Broadcast {
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let n = write_server_header(&mut header, opcode, payload.len());
+        let mut frame = BytesMut::with_capacity(n + payload.len());
+        frame.put_slice(&header[..n]);
+        frame.put_slice(payload);
+        Broadcast {
+            from,
+            frame: frame.freeze(),
+            payload_len: payload.len(),
+        }
+    }
 }
 
 struct Member {
@@ -115,11 +131,7 @@ mod tests {
     use super::*;
 
     fn msg(from: u64, text: &'static str) -> Broadcast {
-        Broadcast {
-            from,
-            opcode: OpCode::Text,
-            payload: Bytes::from_static(text.as_bytes()),
-        }
+        Broadcast::new(from, OpCode::Text, text.as_bytes())
     }
 
     #[tokio::test]
@@ -131,7 +143,7 @@ mod tests {
         a.publish(msg(1, "hi"));
         let (x, y) = (ra.recv().await.unwrap(), rb.recv().await.unwrap());
         assert!(Arc::ptr_eq(&x, &y), "one allocation for all members");
-        assert_eq!(&y.payload[..], b"hi");
+        assert_eq!(&y.frame[..], b"\x81\x02hi");
         assert!(rc.try_recv().is_err());
         assert_eq!(hub.room_count(), 2);
     }

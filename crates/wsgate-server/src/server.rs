@@ -668,7 +668,15 @@ async fn handle(
         let opened = Instant::now();
         match (local, upstream) {
             (Some(local), _) => {
-                ws::run_local(upgraded, local, conn_id, limits, metrics, shutdown).await
+                ws::run_local(
+                    TokioIo::new(upgraded),
+                    local,
+                    conn_id,
+                    limits,
+                    metrics,
+                    shutdown,
+                )
+                .await
             }
             (None, Some(up)) => {
                 proxy::relay(upgraded, up.ws, limits.max_frame, metrics, shutdown).await
