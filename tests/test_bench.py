@@ -26,4 +26,8 @@ def test_benchmark_smoke_run(tmp_path):
     assert doc["handshake"]["with_policy_per_sec"] > 0 and doc["handshake"]["without_policy_per_sec"] > 0
     assert doc["fanout"] and doc["fanout"][0]["result"]["deliveries_per_sec"] > 0
     assert {r["server"] for r in doc["idle"]} == servers
+    assert {r["proxy"] for r in doc["proxy"]} == {"wsgate", "nginx"}
+    assert all(r["msgs_per_sec"] > 0 for r in doc["proxy"])
+    assert {r["server"] for r in doc["callgrind"]} == servers
+    assert all(r["instructions_per_message"] > 0 for r in doc["callgrind"])
     assert "### Ratios (same run)" in (tmp_path / "results.md").read_text()

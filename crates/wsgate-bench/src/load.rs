@@ -304,3 +304,55 @@ pub async fn idle(addr: SocketAddr, path: &str, count: usize) -> std::io::Result
     }
     Ok(conns)
 }
+
+/// Echoes exactly `per_connection` messages of `size` bytes on each of `connections`
+/// connections, one in flight, then closes: a fixed amount of work, for instruction counts.
+pub async fn echo_fixed(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    size: usize,
+    per_connection: usize,
+) -> std::io::Result<u64> {
+    let mut streams = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        streams.push(connect(addr, path, &[], None).await?);
+    }
+    let mut tasks = Vec::new();
+    for stream in streams {
+        tasks.push(tokio::spawn(async move {
+            let mut ws = WebSocket::after_handshake(stream, Role::Client);
+            let payload = vec![0x5Au8; size];
+            let mut done = 0u64;
+            for _ in 0..per_connection {
+                if ws
+                    .write_frame(Frame::binary(Payload::Borrowed(&payload)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                loop {
+                    match ws.read_frame().await {
+                        Ok(f) if f.opcode == OpCode::Binary => break,
+                        Ok(_) => continue,
+                        Err(_) => return done,
+                    }
+                }
+                done += 1;
+            }
+            let _ = ws.write_frame(Frame::close(1000, b"")).await;
+            // Wait for the server's close reply, so its side of the work is counted too.
+            let _ = tokio::time::timeout(Duration::from_secs(30), ws.read_frame()).await;
+            done
+        }));
+    }
+    let mut total = 0;
+    for mut t in tasks {
+        match tokio::time::timeout(Duration::from_secs(600), &mut t).await {
+            Ok(Ok(n)) => total += n,
+            _ => t.abort(),
+        }
+    }
+    Ok(total)
+}

@@ -50,6 +50,9 @@ enum Cmd {
         /// Write results.json and results.md here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run only these modes (comma-separated): echo, admission, fanout, idle, proxy, callgrind.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -81,9 +84,22 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // SIGTERM ends the process normally, so profilers (callgrind) write their data.
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                eprintln!("wsgate-bench: cannot install the SIGTERM handler");
+                return ExitCode::FAILURE;
+            };
             match kind.as_str() {
-                "tungstenite" => baseline::tungstenite(listener).await,
-                "fastwebsockets" => baseline::fastwebsockets(listener).await,
+                "tungstenite" => tokio::select! {
+                    _ = baseline::tungstenite(listener) => {}
+                    _ = term.recv() => {}
+                },
+                "fastwebsockets" => tokio::select! {
+                    _ = baseline::fastwebsockets(listener) => {}
+                    _ = term.recv() => {}
+                },
                 other => {
                     eprintln!(
                         "wsgate-bench: unknown baseline {other:?}: tungstenite or fastwebsockets"
@@ -99,8 +115,17 @@ fn main() -> ExitCode {
             seconds,
             wsgate,
             out,
+            only,
         } => {
+            if let Some(bad) = only.iter().find(|m| !MODES.contains(&m.as_str())) {
+                eprintln!(
+                    "wsgate-bench: unknown mode {bad:?} in --only: expected some of {}",
+                    MODES.join(", ")
+                );
+                return ExitCode::from(2);
+            }
             let plan = Plan {
+                only,
                 smoke,
                 rounds: if smoke { 1 } else { rounds.max(1) },
                 seconds: if smoke { 0.4 } else { seconds },
@@ -128,8 +153,12 @@ struct Sample {
     client_cpu: f64,
 }
 
-#[derive(Clone, Copy)]
+/// Every benchmark mode, in the order they run.
+const MODES: [&str; 6] = ["echo", "admission", "fanout", "idle", "proxy", "callgrind"];
+
 struct Plan {
+    /// Modes to run; empty means all.
+    only: Vec<String>,
     smoke: bool,
     rounds: usize,
     seconds: f64,
@@ -143,6 +172,12 @@ struct Server {
     _config: Option<tempdir::Dir>,
 }
 
+impl Plan {
+    fn wants(&self, mode: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == mode)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -153,6 +188,18 @@ impl Drop for Server {
 mod tempdir {
     /// A directory removed on drop.
     pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        /// A new, uniquely named directory under the system's temporary directory.
+        pub fn new(kind: &str) -> Result<Dir, String> {
+            let dir = std::env::temp_dir().join(format!(
+                "wsgate-bench-{kind}-{}-{}",
+                std::process::id(),
+                super::rand_suffix()
+            ));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            Ok(Dir(dir))
+        }
+    }
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -212,11 +259,19 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The machine's cores, read once before this process pins itself to one of them (after
+/// which `available_parallelism` would say 1, and children inherit the pin).
+fn machine_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
 fn pinned(core: usize, program: &PathBuf) -> Command {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if cores >= 2 && which("taskset") {
+    if machine_cores() >= 2 && which("taskset") {
         let mut c = Command::new("taskset");
         c.arg("-c").arg(core.to_string()).arg(program);
         c
@@ -231,21 +286,44 @@ fn which(tool: &str) -> bool {
 }
 
 fn start(name: &'static str, wsgate: &PathBuf) -> Result<Server, String> {
+    start_with(name, wsgate, Launch::Pinned(0), bench_config())
+}
+
+/// How a server process is started.
+enum Launch {
+    /// Pinned to this core.
+    Pinned(usize),
+    /// Under `valgrind --tool=callgrind`, writing to this file.
+    Callgrind(PathBuf),
+}
+
+fn start_with(
+    name: &'static str,
+    wsgate: &PathBuf,
+    launch: Launch,
+    config: String,
+) -> Result<Server, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let program = if name == "wsgate" { wsgate } else { &me };
+    let pinned = |program: &PathBuf| match &launch {
+        Launch::Pinned(core) => pinned(*core, program),
+        Launch::Callgrind(out) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(program);
+            c
+        }
+    };
     let (mut cmd, dir) = if name == "wsgate" {
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-bench-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let cfg = dir.join("bench.toml");
-        std::fs::write(&cfg, bench_config()).map_err(|e| e.to_string())?;
-        let mut c = pinned(0, wsgate);
+        let dir = tempdir::Dir::new("wsgate")?;
+        let cfg = dir.0.join("bench.toml");
+        std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+        let mut c = pinned(program);
         c.args(["serve", "--admin", "off", "--config"]).arg(&cfg);
-        (c, Some(tempdir::Dir(dir)))
+        (c, Some(dir))
     } else {
-        let mut c = pinned(0, &me);
+        let mut c = pinned(program);
         c.args(["baseline", name]);
         (c, None)
     };
@@ -341,12 +419,7 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
         ));
     }
     // The client runs on core 1, the servers on core 0.
-    if std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        >= 2
-        && which("taskset")
-    {
+    if machine_cores() >= 2 && which("taskset") {
         // -a: every thread of this process (the runtime's workers exist already).
         let _ = Command::new("taskset")
             .args(["-a", "-cp", "1", &std::process::id().to_string()])
@@ -367,7 +440,7 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
     let mut echo_rows = Vec::new();
     let mut md = String::from("| echo case | server | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | server CPU s | client CPU s |\n|---|---|---|---|---|---|---|---|---|\n");
     let mut ratio_md = String::from("| echo case | wsgate / fastwebsockets msgs/s | wsgate / tungstenite msgs/s | wsgate p99 / fastwebsockets p99 | wsgate p99 / tungstenite p99 |\n|---|---|---|---|---|\n");
-    for &(conns, size, inflight) in cases {
+    for &(conns, size, inflight) in cases.iter().filter(|_| plan.wants("echo")) {
         let label = format!(
             "{conns} × {size} B{}",
             if inflight > 1 {
@@ -435,76 +508,106 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
     }
 
     // Admission cost: the full policy (JWT in a cookie, origin and CIDR allowlists) vs none.
-    let s = start("wsgate", &wsgate)?;
-    let parallel = if plan.smoke { 2 } else { 32 };
-    let policy_headers = vec![
-        ("Origin".to_owned(), "https://bench.test".to_owned()),
-        ("Cookie".to_owned(), format!("token={}", token())),
-    ];
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..plan.rounds {
-        without.push(
-            load::handshakes(s.addr, "/ws/echo", Vec::new(), parallel, dur)
-                .await
-                .map_err(|e| format!("handshakes: {e}"))?,
-        );
-        with.push(
-            load::handshakes(s.addr, "/ws/policy", policy_headers.clone(), parallel, dur)
-                .await
-                .map_err(|e| format!("handshakes with policy: {e}"))?,
-        );
+    let mut sections = Vec::new();
+    let mut doc = serde_json::Map::new();
+    if !echo_rows.is_empty() {
+        sections.push(format!(
+            "### Echo\n\n{md}\n### Ratios (same run)\n\n{ratio_md}"
+        ));
+        doc.insert("echo".into(), json!(echo_rows));
     }
-    let (hw, hn) = (median(with), median(without));
-    drop(s);
+    if plan.wants("admission") {
+        let s = start("wsgate", &wsgate)?;
+        let parallel = if plan.smoke { 2 } else { 32 };
+        let policy_headers = vec![
+            ("Origin".to_owned(), "https://bench.test".to_owned()),
+            ("Cookie".to_owned(), format!("token={}", token())),
+        ];
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..plan.rounds {
+            without.push(
+                load::handshakes(s.addr, "/ws/echo", Vec::new(), parallel, dur)
+                    .await
+                    .map_err(|e| format!("handshakes: {e}"))?,
+            );
+            with.push(
+                load::handshakes(s.addr, "/ws/policy", policy_headers.clone(), parallel, dur)
+                    .await
+                    .map_err(|e| format!("handshakes with policy: {e}"))?,
+            );
+        }
+        let (hw, hn) = (median(with), median(without));
+        sections.push(format!("### Admission cost\n\nHandshakes/s through the full policy (HS256 JWT in a cookie, origin allowlist, CIDR allowlist): {hw:.0}; with no policy: {hn:.0}; ratio {:.2}.\n", hw / hn.max(1e-9)));
+        doc.insert("handshake".into(), json!({"with_policy_per_sec": hw, "without_policy_per_sec": hn, "ratio": hw / hn.max(1e-9)}));
+    }
 
-    // Fan-out: one publisher, K subscribers in one room (wsgate only: the baselines have no rooms).
-    let mut fan_md = String::from(
+    if plan.wants("fanout") {
+        // Fan-out: one publisher, K subscribers in one room (wsgate only: the baselines have no rooms).
+        let mut fan_md = String::from(
         "| subscribers | deliveries/s | publish→delivery p99 µs | worst µs |\n|---|---|---|---|\n",
     );
-    let mut fan_rows = Vec::new();
-    for k in if plan.smoke {
-        vec![5]
-    } else {
-        vec![100, 10_000]
-    } {
-        let s = start("wsgate", &wsgate)?;
-        let msgs = if plan.smoke {
-            5
-        } else if k > 1000 {
-            20
+        let mut fan_rows = Vec::new();
+        for k in if plan.smoke {
+            vec![5]
         } else {
-            500
-        };
-        let r = load::fanout(s.addr, "/ws/chat/bench", k, msgs)
-            .await
-            .map_err(|e| format!("fan-out: {e}"))?;
-        fan_md.push_str(&format!(
-            "| {k} | {:.0} | {} | {} |\n",
-            r.deliveries_per_sec, r.p99_us, r.max_us
-        ));
-        fan_rows.push(json!({"subscribers": k, "messages": msgs, "result": r}));
+            vec![100, 10_000]
+        } {
+            let s = start("wsgate", &wsgate)?;
+            let msgs = if plan.smoke {
+                5
+            } else if k > 1000 {
+                20
+            } else {
+                500
+            };
+            let r = load::fanout(s.addr, "/ws/chat/bench", k, msgs)
+                .await
+                .map_err(|e| format!("fan-out: {e}"))?;
+            fan_md.push_str(&format!(
+                "| {k} | {:.0} | {} | {} |\n",
+                r.deliveries_per_sec, r.p99_us, r.max_us
+            ));
+            fan_rows.push(json!({"subscribers": k, "messages": msgs, "result": r}));
+        }
+        sections.push(format!("### Fan-out (one publisher, one room)\n\n{fan_md}"));
+        doc.insert("fanout".into(), json!(fan_rows));
     }
 
-    // Idle memory: RSS growth per open, idle connection.
-    let idle_n = if plan.smoke { 50 } else { 10_000 };
-    let mut idle_md = String::from(
-        "| server | idle connections | RSS growth per connection (bytes) |\n|---|---|---|\n",
-    );
-    let mut idle_rows = Vec::new();
-    for name in servers {
-        let s = start(name, &wsgate)?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let before = rss_bytes(pid(&s));
-        let conns = load::idle(s.addr, "/ws/echo", idle_n)
-            .await
-            .map_err(|e| format!("{name} idle: {e}"))?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_bytes(pid(&s));
-        drop(conns);
-        let per = after.saturating_sub(before) as f64 / idle_n as f64;
-        idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
-        idle_rows
-            .push(json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}));
+    if plan.wants("idle") {
+        // Idle memory: RSS growth per open, idle connection.
+        let idle_n = if plan.smoke { 50 } else { 10_000 };
+        let mut idle_md = String::from(
+            "| server | idle connections | RSS growth per connection (bytes) |\n|---|---|---|\n",
+        );
+        let mut idle_rows = Vec::new();
+        for name in servers {
+            let s = start(name, &wsgate)?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let before = rss_bytes(pid(&s));
+            let conns = load::idle(s.addr, "/ws/echo", idle_n)
+                .await
+                .map_err(|e| format!("{name} idle: {e}"))?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = rss_bytes(pid(&s));
+            drop(conns);
+            let per = after.saturating_sub(before) as f64 / idle_n as f64;
+            idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
+            idle_rows.push(
+                json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}),
+            );
+        }
+        sections.push(format!("### Idle connections\n\n{idle_md}"));
+        doc.insert("idle".into(), json!(idle_rows));
+    }
+    if plan.wants("proxy") {
+        let (section, rows) = proxy_mode(&plan, &wsgate, dur).await?;
+        sections.push(section);
+        doc.insert("proxy".into(), rows);
+    }
+    if plan.wants("callgrind") {
+        let (section, rows) = callgrind_mode(&plan, &wsgate).await?;
+        sections.push(section);
+        doc.insert("callgrind".into(), rows);
     }
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -515,27 +618,25 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = machine_cores();
     let header = format!(
         "Machine: {cpu}, {cores} cores; server pinned to core 0 and client to core 1 (taskset{}); {} round(s) of {:.1} s per case, medians.\n\n",
         if which("taskset") { "" } else { " not found: unpinned" },
         plan.rounds,
         plan.seconds
     );
-    let report = format!(
-        "{header}### Echo\n\n{md}\n### Ratios (same run)\n\n{ratio_md}\n### Admission cost\n\nHandshakes/s through the full policy (HS256 JWT in a cookie, origin allowlist, CIDR allowlist): {hw:.0}; with no policy: {hn:.0}; ratio {:.2}.\n\n### Fan-out (one publisher, one room)\n\n{fan_md}\n### Idle connections\n\n{idle_md}",
-        hw / hn.max(1e-9)
-    );
+    let report = format!("{header}{}", sections.join("\n"));
     print!("{report}");
-    let doc = json!({
-        "smoke": plan.smoke, "rounds": plan.rounds, "seconds": plan.seconds, "cpu": cpu, "cores": cores,
-        "echo": echo_rows,
-        "handshake": {"with_policy_per_sec": hw, "without_policy_per_sec": hn, "ratio": hw / hn.max(1e-9)},
-        "fanout": fan_rows,
-        "idle": idle_rows,
-    });
+    for (k, v) in [
+        ("smoke", json!(plan.smoke)),
+        ("rounds", json!(plan.rounds)),
+        ("seconds", json!(plan.seconds)),
+        ("cpu", json!(cpu)),
+        ("cores", json!(cores)),
+    ] {
+        doc.insert(k.into(), v);
+    }
+    let doc = serde_json::Value::Object(doc);
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::write(
@@ -546,6 +647,248 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
         std::fs::write(dir.join("results.md"), &report).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("nginx"))
+            .find(|f| f.is_file())
+    }) {
+        return Some(p);
+    }
+    let sbin = PathBuf::from("/usr/sbin/nginx");
+    sbin.is_file().then_some(sbin)
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// nginx (Debian's) as a WebSocket reverse proxy to `upstream`, one process pinned to core 0:
+/// the configuration its documentation gives for WebSocket proxying.
+fn start_nginx(upstream: SocketAddr) -> Result<Server, String> {
+    let exe = nginx_binary()
+        .ok_or("nginx is missing (Debian package nginx): the proxy mode measures against it")?;
+    let dir = tempdir::Dir::new("nginx")?;
+    let d = dir.0.display();
+    let port = free_port()?;
+    let conf = format!(
+        r#"worker_processes 1;
+master_process off;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr error;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://{upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"#
+    );
+    let cfg = dir.0.join("nginx.conf");
+    std::fs::write(&cfg, conf).map_err(|e| e.to_string())?;
+    let child = pinned(0, &exe)
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start nginx: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let server = Server {
+        name: "nginx",
+        child,
+        addr,
+        _config: Some(dir),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nginx did not listen on {addr}"))
+}
+
+/// Proxy relay: wsgate's `proxy` route and nginx, each in front of the same upstream echo server
+/// (the fastwebsockets baseline, on the client's core), under the same echo load.
+async fn proxy_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+    dur: Duration,
+) -> Result<(String, serde_json::Value), String> {
+    let upstream = start_with("fastwebsockets", wsgate, Launch::Pinned(1), String::new())?;
+    let config = format!(
+        "{}[[route]]\npath = \"/ws/proxy\"\nkind = \"proxy\"\nupstream = \"ws://{}/\"\n",
+        bench_config(),
+        upstream.addr
+    );
+    let cases: &[(usize, usize)] = &[(100, 20), (10, 16384), (200, 16384)];
+    let mut md = String::from("| proxied echo case | proxy | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | proxy CPU s | client CPU s | upstream CPU s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from(
+        "| proxied echo case | wsgate / nginx msgs/s | wsgate p99 / nginx p99 |\n|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    let upid = pid(&upstream).to_string();
+    for &(conns, size) in cases {
+        let label = format!("{conns} × {size} B");
+        let conns = if plan.smoke { conns.min(4) } else { conns };
+        let mut per: std::collections::BTreeMap<&str, Vec<(Sample, f64)>> = Default::default();
+        for round in 0..plan.rounds {
+            for k in 0..2 {
+                let s = if (k + round) % 2 == 0 {
+                    start_with("wsgate", wsgate, Launch::Pinned(0), config.clone())?
+                } else {
+                    start_nginx(upstream.addr)?
+                };
+                let path = if s.name == "wsgate" { "/ws/proxy" } else { "/" };
+                let spid = pid(&s).to_string();
+                let (c0, s0, u0) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
+                let r = load::echo(s.addr, path, conns, size, 1, dur)
+                    .await
+                    .map_err(|e| format!("{} proxy: {e}", s.name))?;
+                let (c1, s1, u1) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
+                per.entry(s.name).or_default().push((
+                    Sample {
+                        msgs: r.msgs_per_sec,
+                        mib: r.mib_per_sec,
+                        p50: r.p50_us as f64,
+                        p99: r.p99_us as f64,
+                        p999: r.p999_us as f64,
+                        server_cpu: s1 - s0,
+                        client_cpu: c1 - c0,
+                    },
+                    u1 - u0,
+                ));
+            }
+        }
+        let mut med = std::collections::BTreeMap::new();
+        for (name, v) in &per {
+            let m = |f: &dyn Fn(&(Sample, f64)) -> f64| median(v.iter().map(f).collect());
+            let row = Sample {
+                msgs: m(&|x| x.0.msgs),
+                mib: m(&|x| x.0.mib),
+                p50: m(&|x| x.0.p50),
+                p99: m(&|x| x.0.p99),
+                p999: m(&|x| x.0.p999),
+                server_cpu: m(&|x| x.0.server_cpu),
+                client_cpu: m(&|x| x.0.client_cpu),
+            };
+            let up_cpu = m(&|x| x.1);
+            md.push_str(&format!(
+                "| {label} | {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, up_cpu
+            ));
+            rows.push(json!({"case": label, "connections": conns, "proxy": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "proxy_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "upstream_cpu_s": up_cpu}));
+            med.insert(*name, row);
+        }
+        if let (Some(w), Some(n)) = (med.get("wsgate"), med.get("nginx")) {
+            ratio_md.push_str(&format!(
+                "| {label} | {:.2} | {:.2} |\n",
+                w.msgs / n.msgs.max(1e-9),
+                w.p99 / n.p99.max(1.0)
+            ));
+        }
+    }
+    Ok((
+        format!("### Proxy relay (upstream: the fastwebsockets echo server)\n\n{md}\n{ratio_md}"),
+        json!(rows),
+    ))
+}
+
+/// Instructions per echoed message under `valgrind --tool=callgrind`: two runs with different
+/// message counts, so start-up and handshakes cancel out of the difference.
+async fn callgrind_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+) -> Result<(String, serde_json::Value), String> {
+    if !which("valgrind") {
+        return Err(
+            "valgrind is missing (Debian package valgrind): the callgrind mode needs it".into(),
+        );
+    }
+    let dir = tempdir::Dir::new("callgrind")?;
+    let conns = 10;
+    let (few, many) = if plan.smoke { (20, 60) } else { (200, 1200) };
+    let mut md =
+        String::from("| server | instructions per echoed 20 B message | runs |\n|---|---|---|\n");
+    let mut rows = Vec::new();
+    for name in ["wsgate", "fastwebsockets", "tungstenite"] {
+        let mut totals = Vec::new();
+        for per_conn in [few, many] {
+            let out = dir.0.join(format!("{name}-{per_conn}.callgrind"));
+            let s = start_with(name, wsgate, Launch::Callgrind(out.clone()), bench_config())?;
+            let done = load::echo_fixed(s.addr, "/ws/echo", conns, 20, per_conn)
+                .await
+                .map_err(|e| format!("{name} under callgrind: {e}"))?;
+            if done != (conns * per_conn) as u64 {
+                return Err(format!(
+                    "{name} under callgrind echoed {done} of {} messages",
+                    conns * per_conn
+                ));
+            }
+            stop_gracefully(s)?;
+            totals.push(callgrind_total(&out)?);
+        }
+        let per_msg = (totals[1] as f64 - totals[0] as f64) / ((many - few) * conns) as f64;
+        md.push_str(&format!(
+            "| {name} | {per_msg:.0} | {} and {} messages: {} and {} instructions |\n",
+            few * conns,
+            many * conns,
+            totals[0],
+            totals[1]
+        ));
+        rows.push(json!({"server": name, "instructions_per_message": per_msg, "messages": [few * conns, many * conns], "instructions": totals}));
+    }
+    Ok((
+        format!("### CPU cost per message (valgrind --tool=callgrind, instructions)\n\n{md}"),
+        json!(rows),
+    ))
+}
+
+/// SIGTERM, then wait: every server under test exits normally on it, so callgrind writes its data.
+fn stop_gracefully(mut s: Server) -> Result<(), String> {
+    let pid = pid(&s).to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    for _ in 0..600 {
+        if let Ok(Some(_)) = s.child.try_wait() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{} did not exit within 60 s of SIGTERM", s.name))
+}
+
+/// The total instruction count of a callgrind output file.
+fn callgrind_total(path: &std::path::Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("no callgrind output at {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .ok_or_else(|| format!("no totals in {}", path.display()))
 }
 
 #[cfg(test)]

@@ -424,6 +424,21 @@ where
     }
 }
 
+/// What an admitted connection becomes once upgraded.
+enum Work {
+    Local(Box<ws::Params>),
+    Proxy(Box<ProxyWork>),
+    Nothing,
+}
+
+/// A `proxy` route's connection: the upstream is already connected.
+struct ProxyWork {
+    up: proxy::UpstreamConn,
+    max_frame: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
 /// Counts an open WebSocket connection for as long as it lives.
 struct Slot(Arc<Shared>);
 
@@ -653,7 +668,26 @@ async fn handle(
     let track = ctx.track.clone();
     let metrics = shared.metrics.clone();
     let shutdown = shared.shutdown.clone();
-    let (peer, rid, route_path) = (ctx.peer, request_id.clone(), route.path.clone());
+    // Boxed, so the task that waits for the upgrade and then runs the connection carries one
+    // pointer for it, not a copy of everything while the connection idles.
+    let work = match (local, upstream) {
+        (Some(local), _) => Work::Local(Box::new(ws::Params {
+            local,
+            conn_id,
+            limits,
+            metrics,
+            shutdown,
+        })),
+        (None, Some(up)) => Work::Proxy(Box::new(ProxyWork {
+            up,
+            max_frame: limits.max_frame,
+            metrics,
+            shutdown,
+        })),
+        (None, None) => Work::Nothing,
+    };
+    // For the closing log line; one small box rather than three fields in every idle task.
+    let about = Box::new((ctx.peer, request_id.clone(), route.path.clone()));
     tokio::spawn(async move {
         let _track = track;
         let _slot = slot;
@@ -661,28 +695,27 @@ async fn handle(
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(request_id = %rid, error = %e, "client vanished during the upgrade");
+                tracing::debug!(request_id = %about.1, error = %e, "client vanished during the upgrade");
                 return;
             }
         };
         let opened = Instant::now();
-        match (local, upstream) {
-            (Some(local), _) => {
-                ws::run_local(
-                    TokioIo::new(upgraded),
-                    local,
-                    conn_id,
-                    limits,
+        match work {
+            Work::Local(params) => ws::run_local(TokioIo::new(upgraded), params).await,
+            Work::Proxy(w) => {
+                let ProxyWork {
+                    up,
+                    max_frame,
                     metrics,
                     shutdown,
-                )
-                .await
+                } = *w;
+                // Boxed: the relay's state is large and would otherwise size every
+                // connection's task, echo and channel ones included.
+                Box::pin(proxy::relay(upgraded, up.ws, max_frame, metrics, shutdown)).await
             }
-            (None, Some(up)) => {
-                proxy::relay(upgraded, up.ws, limits.max_frame, metrics, shutdown).await
-            }
-            (None, None) => {}
+            Work::Nothing => {}
         }
+        let (peer, rid, route_path) = &*about;
         tracing::debug!(request_id = %rid, peer = %peer, route = %route_path, secs = opened.elapsed().as_secs_f64(), "connection closed");
     });
 

@@ -100,7 +100,8 @@ pub fn close_for(e: &WebSocketError) -> Option<(u16, String)> {
 /// Reassembles fragmented messages, enforcing the message size limit and UTF-8 as data arrives.
 /// Unfragmented messages never pass through it (they are answered from the read buffer).
 pub struct Assembler {
-    max: usize,
+    /// Largest message, in bytes.
+    pub max: usize,
     partial: Option<Partial>,
 }
 
@@ -348,7 +349,8 @@ struct Conn<IO> {
     out: OutQueue,
     channel: Option<Channel>,
     conn_id: u64,
-    limits: Limits,
+    /// Largest frame accepted (the message limit lives in `asm`).
+    max_frame: usize,
     /// We sent a close and only wait for the peer's.
     closing: bool,
     /// When the peer last sent anything, for the idle timeout.
@@ -459,7 +461,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     ) -> Result<usize, End> {
         let mut pos = 0;
         loop {
-            let h = match parse_client_frame(&buf[pos..], self.limits.max_frame) {
+            let h = match parse_client_frame(&buf[pos..], self.max_frame) {
                 Parsed::Incomplete => return Ok(pos),
                 Parsed::Invalid(code, why) => return Err(End::Fail(code, why.into())),
                 Parsed::Header(h) => h,
@@ -508,13 +510,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             },
             OpCode::Text | OpCode::Binary if fin && !self.asm.in_progress() => {
                 // The common case: a whole message in one frame, answered from the read buffer.
-                if payload.len() > self.limits.max_message {
+                if payload.len() > self.asm.max {
                     return Err(End::Fail(
                         1009,
                         format!(
                             "message of {} bytes exceeds the limit of {}",
                             payload.len(),
-                            self.limits.max_message
+                            self.asm.max
                         ),
                     ));
                 }
@@ -620,7 +622,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Keeps the start of an incomplete frame, with room for all of it when its size is known.
     fn keep(&mut self, tail: &[u8]) {
-        let need = match parse_client_frame(tail, self.limits.max_frame) {
+        let need = match parse_client_frame(tail, self.max_frame) {
             Parsed::Header(h) => h.frame_len(),
             _ => tail.len(),
         };
@@ -717,17 +719,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 }
 
+/// What an admitted echo or channel connection runs with. Boxed on the way in, so the task that
+/// waits for the upgrade and the connection itself do not both carry a copy while idle.
+pub struct Params {
+    /// Echo or channel.
+    pub local: Local,
+    /// Identifies the connection within its room.
+    pub conn_id: u64,
+    /// Size limits and timers.
+    pub limits: Limits,
+    /// Where messages and bytes are counted.
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Runs an admitted echo or channel connection until it closes or the server shuts down.
-pub async fn run_local<IO>(
-    io: IO,
-    local: Local,
-    conn_id: u64,
-    limits: Limits,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub async fn run_local<IO>(io: IO, params: Box<Params>)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let Params {
+        local,
+        conn_id,
+        limits,
+        metrics,
+        mut shutdown,
+    } = *params;
     let channel = match local {
         Local::Echo => None,
         Local::Channel {
@@ -751,57 +769,59 @@ pub async fn run_local<IO>(
         out: OutQueue::default(),
         channel,
         conn_id,
-        limits,
+        max_frame: limits.max_frame,
         closing: false,
         last_read: now,
         counts: Counts::default(),
         metrics,
     };
-    let ping_every = limits.ping_interval.max(Duration::from_millis(10));
-    let idle = limits.idle_timeout.max(Duration::from_millis(10));
-    let mut next_ping = now + ping_every;
-    // One timer for pings and the idle timeout, moved only when it fires (not per message).
-    let timer = sleep_until(next_ping.min(now + idle));
-    let stop = stopped(&mut shutdown);
-    tokio::pin!(timer, stop);
+    // In a block of its own, so the timer and the shutdown wait are gone while closing.
+    let end = {
+        let ping_every = limits.ping_interval.max(Duration::from_millis(10));
+        let idle = limits.idle_timeout.max(Duration::from_millis(10));
+        let mut next_ping = now + ping_every;
+        // One timer for pings and the idle timeout, moved only when it fires (not per message).
+        let timer = sleep_until(next_ping.min(now + idle));
+        let stop = stopped(&mut shutdown);
+        tokio::pin!(timer, stop);
 
-    let end = poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Close(1001, "server shutting down".into()));
-        }
-        if let Poll::Ready(end) = conn.poll_io(cx) {
-            return Poll::Ready(end);
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if now >= conn.last_read + idle {
-                return Poll::Ready(End::Close(1000, "idle timeout".into()));
+        poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Close(1001, "server shutting down".into()));
             }
-            if now >= next_ping {
-                if !conn.send_control(cx, OpCode::Ping, &[]) {
-                    return Poll::Ready(End::Gone);
+            if let Poll::Ready(end) = conn.poll_io(cx) {
+                return Poll::Ready(end);
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                if now >= conn.last_read + idle {
+                    return Poll::Ready(End::Close(1000, "idle timeout".into()));
                 }
-                next_ping = now + ping_every;
+                if now >= next_ping {
+                    if !conn.send_control(cx, OpCode::Ping, &[]) {
+                        return Poll::Ready(End::Gone);
+                    }
+                    next_ping = now + ping_every;
+                }
+                timer.as_mut().reset(next_ping.min(conn.last_read + idle));
             }
-            timer.as_mut().reset(next_ping.min(conn.last_read + idle));
-        }
-        Poll::Pending
-    })
-    .await;
+            Poll::Pending
+        })
+        .await
+    };
 
     // Leave the room first, so publishers stop queueing for a connection that is closing.
     conn.channel = None;
+    // The closing futures are boxed: they run once, and inline they would enlarge every idle
+    // connection's task by their timers.
     match end {
         End::Gone => {}
         End::PeerClosed => {
-            let _ = timeout(
-                CLOSE_GRACE,
-                poll_fn(|cx| conn.out.poll_flush(&mut conn.io, cx)),
-            )
-            .await;
+            let flush = poll_fn(|cx| conn.out.poll_flush(&mut conn.io, cx));
+            let _ = Box::pin(timeout(CLOSE_GRACE, flush)).await;
         }
-        End::Fail(code, reason) => conn.close(code, &reason, false).await,
-        End::Close(code, reason) => conn.close(code, &reason, true).await,
+        End::Fail(code, reason) => Box::pin(conn.close(code, &reason, false)).await,
+        End::Close(code, reason) => Box::pin(conn.close(code, &reason, true)).await,
     }
 }
 
@@ -917,7 +937,14 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(run_local(server, Local::Echo, 1, limits, metrics, rx));
+        let params = Box::new(Params {
+            local: Local::Echo,
+            conn_id: 1,
+            limits,
+            metrics,
+            shutdown: rx,
+        });
+        let task = tokio::spawn(run_local(server, params));
         let (mut r, mut w) = tokio::io::split(client);
         let masked = |fin_op: u8, payload: &[u8]| {
             let mut f = vec![fin_op];
