@@ -353,8 +353,9 @@ struct Conn<IO> {
     max_frame: usize,
     /// We sent a close and only wait for the peer's.
     closing: bool,
-    /// When the peer last sent anything, for the idle timeout.
-    last_read: Instant,
+    /// Whether the peer sent anything since the timer last fired: a flag, not a clock read
+    /// per message (the timer reads the clock when it fires).
+    active: bool,
     counts: Counts,
     metrics: Arc<Metrics>,
 }
@@ -586,7 +587,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if n == 0 {
             return Poll::Ready(Err(End::Gone));
         }
-        self.last_read = Instant::now();
+        self.active = true;
         let mut sink = Sink { batch };
         let result = if self.carry.is_empty() {
             let data = &mut read_buf[..n];
@@ -771,7 +772,7 @@ where
         conn_id,
         max_frame: limits.max_frame,
         closing: false,
-        last_read: now,
+        active: false,
         counts: Counts::default(),
         metrics,
     };
@@ -781,20 +782,33 @@ where
         let idle = limits.idle_timeout.max(Duration::from_millis(10));
         let mut next_ping = now + ping_every;
         // One timer for pings and the idle timeout, moved only when it fires (not per message).
+        let mut last_active = now;
         let timer = sleep_until(next_ping.min(now + idle));
+        // The shutdown wait registers once; later wake-ups only look at the channel's version
+        // (one atomic load) instead of polling it.
+        let probe = shutdown.clone();
+        let mut registered = false;
         let stop = stopped(&mut shutdown);
         tokio::pin!(timer, stop);
 
         poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::Close(1001, "server shutting down".into()));
+            if !registered || !matches!(probe.has_changed(), Ok(false)) {
+                registered = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(End::Close(1001, "server shutting down".into()));
+                }
             }
             if let Poll::Ready(end) = conn.poll_io(cx) {
                 return Poll::Ready(end);
             }
             while timer.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
-                if now >= conn.last_read + idle {
+                if std::mem::take(&mut conn.active) {
+                    // Activity since the last firing counts from now: the idle close comes at
+                    // most one timer period late, never early.
+                    last_active = now;
+                }
+                if now >= last_active + idle {
                     return Poll::Ready(End::Close(1000, "idle timeout".into()));
                 }
                 if now >= next_ping {
@@ -803,7 +817,7 @@ where
                     }
                     next_ping = now + ping_every;
                 }
-                timer.as_mut().reset(next_ping.min(conn.last_read + idle));
+                timer.as_mut().reset(next_ping.min(last_active + idle));
             }
             Poll::Pending
         })
