@@ -1,11 +1,11 @@
 //! Rooms for `channel` routes: one publish is serialised once into a shared frame, handed to
 //! every member by reference count, never copied per subscriber.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
-use wsgate_handshake::frame::{write_server_header, OpCode, MAX_SERVER_HEADER};
+use wsgate_handshake::frame::OpCode;
 
 /// A published message, shared by every member that receives it.
 pub struct Broadcast {
@@ -20,14 +20,9 @@ pub struct Broadcast {
 impl Broadcast {
     /// Serialises a message once, for all members.
     pub fn new(from: u64, opcode: OpCode, payload: &[u8]) -> Broadcast {
-        let mut header = [0u8; MAX_SERVER_HEADER];
-        let n = write_server_header(&mut header, opcode, payload.len());
-        let mut frame = BytesMut::with_capacity(n + payload.len());
-        frame.put_slice(&header[..n]);
-        frame.put_slice(payload);
         Broadcast {
             from,
-            frame: frame.freeze(),
+            frame: crate::ws::frame_bytes(opcode, payload),
             payload_len: payload.len(),
         }
     }

@@ -243,6 +243,17 @@ fn close_reply(payload: &[u8]) -> Result<Option<u16>, (u16, String)> {
     }
 }
 
+/// One complete, unmasked server frame in its own buffer: for queued output and broadcasts,
+/// which outlive the read they came from.
+pub fn frame_bytes(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = write_server_header(&mut header, opcode, payload.len());
+    let mut b = BytesMut::with_capacity(n + payload.len());
+    b.extend_from_slice(&header[..n]);
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
 /// Close reasons are limited to 123 bytes (RFC 6455 §5.5); cut on a character boundary.
 pub fn truncate(reason: &str) -> &str {
     let mut end = reason.len().min(123);
@@ -379,10 +390,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let mut header = [0u8; MAX_SERVER_HEADER];
         let n = write_server_header(&mut header, opcode, payload.len());
         if !self.out.is_empty() {
-            let mut b = BytesMut::with_capacity(n + payload.len());
-            b.extend_from_slice(&header[..n]);
-            b.extend_from_slice(payload);
-            self.out.push(b.freeze());
+            self.out.push(frame_bytes(opcode, payload));
             return Ok(());
         }
         if payload.len() < LARGE_PAYLOAD {
@@ -710,12 +718,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Queues a frame outside a read (pings, our close) and flushes what it can.
     fn send_control(&mut self, cx: &mut Context<'_>, opcode: OpCode, payload: &[u8]) -> bool {
-        let mut header = [0u8; MAX_SERVER_HEADER];
-        let n = write_server_header(&mut header, opcode, payload.len());
-        let mut b = BytesMut::with_capacity(n + payload.len());
-        b.extend_from_slice(&header[..n]);
-        b.extend_from_slice(payload);
-        self.out.push(b.freeze());
+        self.out.push(frame_bytes(opcode, payload));
         !matches!(self.out.poll_flush(&mut self.io, cx), Poll::Ready(Err(())))
     }
 }
