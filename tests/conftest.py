@@ -85,6 +85,19 @@ class Wsgate:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, *needles, timeout=10):
+        """The log once every needle is in it: the server writes a line after the client saw the end.
+
+        Bounded: returns the log as it is at the deadline so the caller's assertion names what is missing.
+        """
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.log()
+            if all(n in text for n in needles):
+                return text
+            time.sleep(0.05)
+        return self.log()
+
     def metrics(self):
         with urllib.request.urlopen(self.admin + "/metrics", timeout=5) as r:
             return r.read().decode()

@@ -47,10 +47,7 @@ def gate(tmp_path_factory):
 
 
 def wait_log(s, needle):
-    deadline = time.time() + 5
-    while needle not in s.log() and time.time() < deadline:
-        time.sleep(0.05)
-    return next(l for l in s.log().splitlines() if needle in l)
+    return next(l for l in s.wait_log(needle).splitlines() if needle in l)
 
 
 @pytest.mark.parametrize(
