@@ -90,9 +90,6 @@ def test_browser_origins_and_tokens(wsgate, pages):
 
     r = browse(f"http://127.0.0.1:{other}/index.html?ws={ws}&mode=cookie&key={KEY}")
     assert r == {"open": False, "code": 1006}, "a browser only sees 1006 for a refused handshake"
-    deadline = time.time() + 5
-    while "origin.not_allowed" not in s.log() and time.time() < deadline:
-        time.sleep(0.05)
-    line = next(l for l in s.log().splitlines() if "origin.not_allowed" in l)
+    line = next(l for l in s.wait_log("origin.not_allowed").splitlines() if "origin.not_allowed" in l)
     assert f"http://127.0.0.1:{other}" in line and f"nearest allowed entry: http://127.0.0.1:{allowed}" in line
     assert KEY not in s.log()

@@ -85,10 +85,7 @@ def test_refusal_full(servers, name, req, status, code, extra):
     assert body["message"] and body["fix"]
     assert set(body) == {"code", "status", "message", "fix", "request_id"}
     # one log line with the request id, the code and the detail
-    deadline = time.time() + 5
-    while rid not in s.log() and time.time() < deadline:
-        time.sleep(0.05)
-    line = next(l for l in s.log().splitlines() if rid in l)
+    line = next(l for l in s.wait_log(rid).splitlines() if rid in l)
     assert f'code="{code}"' in line and "detail=" in line and "peer=127.0.0.1:" in line
     assert s.metric("wsgate_handshakes_refused_total", code=code) == before + 1
 
@@ -179,10 +176,7 @@ def test_refusal_log_is_json_when_configured(wsgate):
     s = wsgate(config(logging='format = "json"\n'))
     r = raw(s.port, handshake(path="/missing"))
     rid = r.header("x-request-id")
-    deadline = time.time() + 5
-    while rid not in s.log() and time.time() < deadline:
-        time.sleep(0.05)
-    line = next(l for l in s.log().splitlines() if rid in l)
+    line = next(l for l in s.wait_log(rid).splitlines() if rid in l)
     rec = json.loads(line)
     assert rec["code"] == "route.not_found" and rec["request_id"] == rid and rec["status"] == 404
     assert rec["detail"] and rec["peer"].startswith("127.0.0.1:")
