@@ -58,10 +58,16 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Baselines run the way their users would (`#[tokio::main]`: multi-threaded, one worker per
+    // core they may use); the load generator runs on one thread, pinned to its own core, so no
+    // second worker competes with it there and no wake-up crosses threads.
+    let rt = match cli.command {
+        Cmd::Baseline { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build();
+    let rt = match rt {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wsgate-bench: cannot start the runtime: {e}");
@@ -420,7 +426,7 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
     }
     // The client runs on core 1, the servers on core 0.
     if machine_cores() >= 2 && which("taskset") {
-        // -a: every thread of this process (the runtime's workers exist already).
+        // -a: every thread of this process.
         let _ = Command::new("taskset")
             .args(["-a", "-cp", "1", &std::process::id().to_string()])
             .stdout(Stdio::null())

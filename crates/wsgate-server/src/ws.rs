@@ -243,6 +243,20 @@ fn close_reply(payload: &[u8]) -> Result<Option<u16>, (u16, String)> {
     }
 }
 
+/// Writes one slice with a plain write (`send`) and several with `writev`: on Linux the vectored
+/// call costs the kernel an iovec import and VFS checks that a single buffer does not need (perf:
+/// about 4 % of the CPU of a small-message echo went there).
+fn poll_write_slices<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    match slices {
+        [one] => Pin::new(io).poll_write(cx, one),
+        _ => Pin::new(io).poll_write_vectored(cx, slices),
+    }
+}
+
 /// One complete, unmasked server frame in its own buffer: for queued output and broadcasts,
 /// which outlive the read they came from.
 pub fn frame_bytes(opcode: OpCode, payload: &[u8]) -> Bytes {
@@ -309,7 +323,7 @@ impl OutQueue {
                 *slot = IoSlice::new(b);
                 n += 1;
             }
-            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+            let written = match poll_write_slices(io, cx, &slices[..n]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(w)) => w,
@@ -416,7 +430,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             let mut n = 0;
             let mut skip = done;
             for p in parts {
-                if skip >= p.len() {
+                // `<=`: empty parts (no batch before a large payload) are left out.
+                if p.len() <= skip {
                     skip -= p.len();
                     continue;
                 }
@@ -424,7 +439,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 skip = 0;
                 n += 1;
             }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+            match poll_write_slices(&mut self.io, cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(End::Gone),
                 Poll::Ready(Ok(w)) => done += w,
                 Poll::Pending => break,
