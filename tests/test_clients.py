@@ -56,6 +56,33 @@ def test_fragmented_message_is_reassembled(wsgate):
     assert read_frame(r.sock) == (0x1, "a€z".encode())
 
 
+class _Prefixed:
+    """A socket whose first bytes were already received (behind the HTTP response head)."""
+
+    def __init__(self, head, sock):
+        self.head, self.sock = head, sock
+
+    def recv(self, n):
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.sock.recv(n)
+
+
+def test_frames_sent_in_the_same_write_as_the_handshake_are_not_lost(wsgate):
+    # RFC 6455 asks clients to wait for the 101, but eager ones do not; the HTTP parser has then
+    # read the first frames already, and they must reach the connection before the socket's.
+    s = wsgate()
+    early = frame(0x2, b"early") + frame(0x1, b"x" * 300)
+    r = raw(s.port, handshake() + early, keep_open=True)
+    assert r.status == 101
+    sock = _Prefixed(r.body, r.sock)
+    assert read_frame(sock) == (0x2, b"early")
+    assert read_frame(sock) == (0x1, b"x" * 300)
+    r.sock.sendall(frame(0x1, b"later"))
+    assert read_frame(sock) == (0x1, b"later")
+
+
 def test_python_channel_rooms(wsgate):
     s = wsgate()
 

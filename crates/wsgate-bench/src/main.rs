@@ -611,7 +611,7 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
         doc.insert("proxy".into(), rows);
     }
     if plan.wants("callgrind") {
-        let (section, rows) = callgrind_mode(&plan, &wsgate).await?;
+        let (section, rows) = callgrind_mode(&plan, &wsgate, out.as_deref()).await?;
         sections.push(section);
         doc.insert("callgrind".into(), rows);
     }
@@ -822,9 +822,11 @@ async fn proxy_mode(
 
 /// Instructions per echoed message under `valgrind --tool=callgrind`: two runs with different
 /// message counts, so start-up and handshakes cancel out of the difference.
+/// `keep`: a directory where the profiles stay (`--out`), for `callgrind_annotate`.
 async fn callgrind_mode(
     plan: &Plan,
     wsgate: &PathBuf,
+    keep: Option<&std::path::Path>,
 ) -> Result<(String, serde_json::Value), String> {
     if !which("valgrind") {
         return Err(
@@ -832,6 +834,13 @@ async fn callgrind_mode(
         );
     }
     let dir = tempdir::Dir::new("callgrind")?;
+    let profiles = match keep {
+        Some(k) => {
+            std::fs::create_dir_all(k).map_err(|e| format!("{}: {e}", k.display()))?;
+            k.to_path_buf()
+        }
+        None => dir.0.clone(),
+    };
     let conns = 10;
     let (few, many) = if plan.smoke { (20, 60) } else { (200, 1200) };
     let mut md =
@@ -840,7 +849,7 @@ async fn callgrind_mode(
     for name in ["wsgate", "fastwebsockets", "tungstenite"] {
         let mut totals = Vec::new();
         for per_conn in [few, many] {
-            let out = dir.0.join(format!("{name}-{per_conn}.callgrind"));
+            let out = profiles.join(format!("{name}-{per_conn}.callgrind"));
             let s = start_with(name, wsgate, Launch::Callgrind(out.clone()), bench_config())?;
             let done = load::echo_fixed(s.addr, "/ws/echo", conns, 20, per_conn)
                 .await

@@ -15,6 +15,7 @@ pub mod proxyproto;
 pub mod refusal;
 pub mod routes;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod ws;
 

@@ -5,6 +5,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::refusal::{self, Body, Context};
 use crate::routes::Router;
+use crate::stream::Stream;
 use crate::ws::{self, Local};
 use crate::{ids, proxy, tls};
 use bytes::Bytes;
@@ -701,7 +702,7 @@ async fn handle(
         };
         let opened = Instant::now();
         match work {
-            Work::Local(params) => ws::run_local(TokioIo::new(upgraded), params).await,
+            Work::Local(params) => ws::run_local(Stream::new(upgraded), params).await,
             Work::Proxy(w) => {
                 let ProxyWork {
                     up,
