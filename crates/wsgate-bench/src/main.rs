@@ -398,6 +398,13 @@ fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's soft limit on open files (servers inherit it), from /proc.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// The server's PID inside `taskset` (which execs the program, so it is the same PID).
 fn pid(s: &Server) -> u32 {
     s.child.id()
@@ -580,27 +587,49 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
     }
 
     if plan.wants("idle") {
-        // Idle memory: RSS growth per open, idle connection.
-        let idle_n = if plan.smoke { 50 } else { 10_000 };
+        // Idle memory: RSS growth per open, idle connection, at 10,000 and 100,000 (sources
+        // spread over 200 loopback addresses, so one address's ports are not the limit).
+        let counts: &[usize] = if plan.smoke {
+            &[50]
+        } else {
+            &[10_000, 100_000]
+        };
         let mut idle_md = String::from(
             "| server | idle connections | RSS growth per connection (bytes) |\n|---|---|---|\n",
         );
         let mut idle_rows = Vec::new();
-        for name in servers {
-            let s = start(name, &wsgate)?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let before = rss_bytes(pid(&s));
-            let conns = load::idle(s.addr, "/ws/echo", idle_n)
-                .await
-                .map_err(|e| format!("{name} idle: {e}"))?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = rss_bytes(pid(&s));
-            drop(conns);
-            let per = after.saturating_sub(before) as f64 / idle_n as f64;
-            idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
-            idle_rows.push(
-                json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}),
-            );
+        for &idle_n in counts {
+            // Client and server each hold one descriptor per connection, plus a margin.
+            let need = idle_n as u64 + 2048;
+            let limit = open_files_limit();
+            if limit.is_some_and(|l| l < need) {
+                let limit = limit.unwrap_or_default();
+                idle_md.push_str(&format!(
+                    "| (not run) | {idle_n} | needs {need} open files per process; the limit here is {limit} (`ulimit -n`; above the hard limit, raising it needs CAP_SYS_RESOURCE) |\n"
+                ));
+                idle_rows.push(json!({"connections": idle_n, "skipped": format!("open files limit {limit} < {need}")}));
+                continue;
+            }
+            for name in servers {
+                // tokio-tungstenite keeps ~130 KiB per connection: 100,000 would need ~13 GiB.
+                if idle_n > 10_000 && name == "tungstenite" {
+                    continue;
+                }
+                let s = start(name, &wsgate)?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let before = rss_bytes(pid(&s));
+                let conns = load::idle(s.addr, "/ws/echo", idle_n)
+                    .await
+                    .map_err(|e| format!("{name} idle: {e}"))?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let after = rss_bytes(pid(&s));
+                drop(conns);
+                let per = after.saturating_sub(before) as f64 / idle_n as f64;
+                idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
+                idle_rows.push(
+                    json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}),
+                );
+            }
         }
         sections.push(format!("### Idle connections\n\n{idle_md}"));
         doc.insert("idle".into(), json!(idle_rows));
