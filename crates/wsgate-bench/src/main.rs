@@ -157,6 +157,40 @@ struct Sample {
     p999: f64,
     server_cpu: f64,
     client_cpu: f64,
+    /// Server CPU time per echoed message, µs: the server's cost even when the client is the
+    /// limit of the rate.
+    cpu_per_msg: f64,
+}
+
+impl Sample {
+    /// One measurement: the load's result and the CPU seconds server and client spent on it.
+    fn of(r: &load::EchoResult, server_cpu: f64, client_cpu: f64) -> Sample {
+        Sample {
+            msgs: r.msgs_per_sec,
+            mib: r.mib_per_sec,
+            p50: r.p50_us as f64,
+            p99: r.p99_us as f64,
+            p999: r.p999_us as f64,
+            server_cpu,
+            client_cpu,
+            cpu_per_msg: server_cpu * 1e6 / r.messages.max(1) as f64,
+        }
+    }
+
+    /// Field by field, the median over rounds.
+    fn median(v: &[Sample]) -> Sample {
+        let m = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+        Sample {
+            msgs: m(|x| x.msgs),
+            mib: m(|x| x.mib),
+            p50: m(|x| x.p50),
+            p99: m(|x| x.p99),
+            p999: m(|x| x.p999),
+            server_cpu: m(|x| x.server_cpu),
+            client_cpu: m(|x| x.client_cpu),
+            cpu_per_msg: m(|x| x.cpu_per_msg),
+        }
+    }
 }
 
 /// Every benchmark mode, in the order they run.
@@ -451,8 +485,8 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
         (1000, 64, 16),
     ];
     let mut echo_rows = Vec::new();
-    let mut md = String::from("| echo case | server | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | server CPU s | client CPU s |\n|---|---|---|---|---|---|---|---|---|\n");
-    let mut ratio_md = String::from("| echo case | wsgate / fastwebsockets msgs/s | wsgate / tungstenite msgs/s | wsgate p99 / fastwebsockets p99 | wsgate p99 / tungstenite p99 |\n|---|---|---|---|---|\n");
+    let mut md = String::from("| echo case | server | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | server CPU s | client CPU s | server CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from("| echo case | wsgate / fastwebsockets msgs/s | wsgate / tungstenite msgs/s | wsgate p99 / fastwebsockets p99 | wsgate p99 / tungstenite p99 | server CPU per message: fastwebsockets / wsgate | tungstenite / wsgate |\n|---|---|---|---|---|---|---|\n");
     for &(conns, size, inflight) in cases.iter().filter(|_| plan.wants("echo")) {
         let label = format!(
             "{conns} × {size} B{}",
@@ -475,34 +509,19 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
                     .await
                     .map_err(|e| format!("{name}: {e}"))?;
                 let (c1, s1) = (cpu_secs("self"), cpu_secs(&spid));
-                per.entry(s.name).or_default().push(Sample {
-                    msgs: r.msgs_per_sec,
-                    mib: r.mib_per_sec,
-                    p50: r.p50_us as f64,
-                    p99: r.p99_us as f64,
-                    p999: r.p999_us as f64,
-                    server_cpu: s1 - s0,
-                    client_cpu: c1 - c0,
-                });
+                per.entry(s.name)
+                    .or_default()
+                    .push(Sample::of(&r, s1 - s0, c1 - c0));
             }
         }
         let mut med = std::collections::BTreeMap::new();
         for (name, v) in &per {
-            let m = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-            let row = Sample {
-                msgs: m(|x| x.msgs),
-                mib: m(|x| x.mib),
-                p50: m(|x| x.p50),
-                p99: m(|x| x.p99),
-                p999: m(|x| x.p999),
-                server_cpu: m(|x| x.server_cpu),
-                client_cpu: m(|x| x.client_cpu),
-            };
+            let row = Sample::median(v);
             md.push_str(&format!(
-                "| {label} | {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
-                row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu
+                "| {label} | {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, row.cpu_per_msg
             ));
-            echo_rows.push(json!({"case": label, "connections": conns, "server": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "server_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu}));
+            echo_rows.push(json!({"case": label, "connections": conns, "server": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "server_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "server_cpu_us_per_msg": row.cpu_per_msg}));
             med.insert(*name, row);
         }
         if let (Some(w), Some(f), Some(t)) = (
@@ -511,11 +530,13 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
             med.get("tungstenite"),
         ) {
             ratio_md.push_str(&format!(
-                "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
                 w.msgs / f.msgs.max(1e-9),
                 w.msgs / t.msgs.max(1e-9),
                 w.p99 / f.p99.max(1.0),
-                w.p99 / t.p99.max(1.0)
+                w.p99 / t.p99.max(1.0),
+                f.cpu_per_msg / w.cpu_per_msg.max(1e-9),
+                t.cpu_per_msg / w.cpu_per_msg.max(1e-9)
             ));
         }
     }
@@ -786,7 +807,9 @@ async fn proxy_mode(
     for &(conns, size) in cases {
         let label = format!("{conns} × {size} B");
         let conns = if plan.smoke { conns.min(4) } else { conns };
-        let mut per: std::collections::BTreeMap<&str, Vec<(Sample, f64)>> = Default::default();
+        // Per proxy: its samples, and the upstream's CPU seconds in each.
+        type Runs = (Vec<Sample>, Vec<f64>);
+        let mut per: std::collections::BTreeMap<&str, Runs> = Default::default();
         for round in 0..plan.rounds {
             for k in 0..2 {
                 let s = if (k + round) % 2 == 0 {
@@ -801,33 +824,15 @@ async fn proxy_mode(
                     .await
                     .map_err(|e| format!("{} proxy: {e}", s.name))?;
                 let (c1, s1, u1) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
-                per.entry(s.name).or_default().push((
-                    Sample {
-                        msgs: r.msgs_per_sec,
-                        mib: r.mib_per_sec,
-                        p50: r.p50_us as f64,
-                        p99: r.p99_us as f64,
-                        p999: r.p999_us as f64,
-                        server_cpu: s1 - s0,
-                        client_cpu: c1 - c0,
-                    },
-                    u1 - u0,
-                ));
+                let e = per.entry(s.name).or_default();
+                e.0.push(Sample::of(&r, s1 - s0, c1 - c0));
+                e.1.push(u1 - u0);
             }
         }
         let mut med = std::collections::BTreeMap::new();
-        for (name, v) in &per {
-            let m = |f: &dyn Fn(&(Sample, f64)) -> f64| median(v.iter().map(f).collect());
-            let row = Sample {
-                msgs: m(&|x| x.0.msgs),
-                mib: m(&|x| x.0.mib),
-                p50: m(&|x| x.0.p50),
-                p99: m(&|x| x.0.p99),
-                p999: m(&|x| x.0.p999),
-                server_cpu: m(&|x| x.0.server_cpu),
-                client_cpu: m(&|x| x.0.client_cpu),
-            };
-            let up_cpu = m(&|x| x.1);
+        for (name, (samples, up)) in &per {
+            let row = Sample::median(samples);
+            let up_cpu = median(up.clone());
             md.push_str(&format!(
                 "| {label} | {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
                 row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, up_cpu
