@@ -191,6 +191,69 @@ def test_proxy_relays_to_a_python_upstream(wsgate, upstream):
     run(go())
 
 
+def proxied(s):
+    """A raw connection through the proxy route, after its 101: (socket, frame reader)."""
+    r = raw(s.port, handshake(path="/ws/up", headers=[("Origin", "http://app.test")]), keep_open=True)
+    assert r.status == 101, r.status
+    return r.sock, _Prefixed(r.body, r.sock)
+
+
+def test_proxy_relays_the_close_handshake_both_ways(wsgate, upstream):
+    s = wsgate(proxy_config(upstream()))
+
+    async def go():
+        async with connect(s.url + "/ws/up", origin="http://app.test") as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+            await ws.close(4000, "bye")
+            return ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason  # the upstream's answer, relayed
+
+    assert run(go()) == (4000, "bye")
+
+
+def test_proxy_relays_fragments_and_control_frames(wsgate, upstream):
+    s = wsgate(proxy_config(upstream()))
+    sock, reader = proxied(s)
+    # A fragmented message with a ping between its fragments: the upstream answers the ping and
+    # echoes the reassembled message, both through the relay.
+    sock.sendall(frame(0x1, b"ab", fin=False) + frame(0x9, b"p") + frame(0x0, b"cd"))
+    got = [read_frame(reader), read_frame(reader)]
+    assert (0xA, b"p") in got and (0x1, b"abcd") in got
+
+
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        (bytes([0x81, 0x02]) + b"hi", 1002),  # unmasked
+        (bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + b"\x01\x02\x03\x04", 1009),  # too big
+        (frame(0x0, b"x"), 1002),  # a continuation with nothing to continue
+    ],
+)
+def test_proxy_closes_invalid_client_frames_with_their_code(wsgate, upstream, bad, code):
+    s = wsgate(proxy_config(upstream()))
+    sock, reader = proxied(s)
+    sock.sendall(frame(0x1, b"ok"))
+    assert read_frame(reader) == (0x1, b"ok")
+    sock.sendall(bad)
+    op, payload = read_frame(reader)
+    assert op == 0x8 and int.from_bytes(payload[:2], "big") == code, payload
+
+
+def test_proxy_tells_the_client_when_the_upstream_fails(wsgate, upstream):
+    s = wsgate(proxy_config(upstream()))
+
+    async def go(command):
+        async with connect(s.url + "/ws/up", origin="http://app.test") as ws:
+            await ws.send(command)
+            with pytest.raises(ConnectionClosed) as e:
+                await ws.recv()
+            return e.value.rcvd.code, e.value.rcvd.reason
+
+    assert run(go("drop?")) == (1011, "the upstream closed the connection")
+    code, reason = run(go("masked?"))
+    assert code == 1011 and "server frames must not be masked" in reason, reason
+
+
 def test_node_through_proxy(wsgate, upstream):
     s = wsgate(proxy_config(upstream()))
     assert "echo ok" in run_node("client.js", "echo", s.url + "/ws/up")
@@ -346,3 +409,19 @@ def test_proxy_to_an_untrusted_wss_upstream_gives_502(wsgate, upstream, tmp_path
     r = raw(s.port, handshake("/ws/up"))
     assert r.status == 502 and r.header("wsgate-reason") == "upstream.unreachable"
     assert "TLS handshake with upstream" in s.log()
+
+
+def test_graceful_shutdown_closes_proxied_connections_with_1001(wsgate, upstream):
+    s = wsgate(proxy_config(upstream()))
+
+    async def go():
+        async with connect(s.url + "/ws/up", origin="http://app.test") as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+            s.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as e:
+                await ws.recv()
+            return e.value.rcvd.code
+
+    assert run(go()) == 1001
+    assert s.proc.wait(5) == 0

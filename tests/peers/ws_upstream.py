@@ -1,6 +1,7 @@
 """An upstream WebSocket server for proxy tests, built on Python `websockets`.
 
-Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes, reports headers on request) or
+Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes; on request reports headers,
+vanishes without a close frame, or sends a masked frame, which no server may) or
 `refuse` (answers every handshake with 403); with CERT and KEY it serves wss://. Prints `port N` once
 listening on 127.0.0.1.
 """
@@ -18,6 +19,11 @@ async def echo(ws):
     async for msg in ws:
         if msg == "headers?":
             await ws.send(json.dumps({k.lower(): v for k, v in ws.request.headers.raw_items()}))
+        elif msg == "drop?":  # vanish without a close frame
+            ws.transport.abort()
+            return
+        elif msg == "masked?":  # a frame no server may send (masked): a protocol violation
+            ws.transport.write(bytes([0x81, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2]))
         else:
             await ws.send(msg)
 

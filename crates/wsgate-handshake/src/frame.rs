@@ -75,6 +75,16 @@ pub enum Parsed {
 /// Parses the frame header at the start of `buf`, as a server reading a client: frames must be
 /// masked, no extension is negotiated (so RSV bits must be 0), and no frame may exceed `max_frame`.
 pub fn parse_client_frame(buf: &[u8], max_frame: usize) -> Parsed {
+    parse_frame(buf, max_frame, true)
+}
+
+/// Parses the frame header at the start of `buf`, as a client reading a server (the proxy
+/// reading its upstream): the same rules, except that server frames must not be masked.
+pub fn parse_server_frame(buf: &[u8], max_frame: usize) -> Parsed {
+    parse_frame(buf, max_frame, false)
+}
+
+fn parse_frame(buf: &[u8], max_frame: usize, from_client: bool) -> Parsed {
     let [b0, b1, ..] = *buf else {
         return Parsed::Incomplete;
     };
@@ -91,8 +101,12 @@ pub fn parse_client_frame(buf: &[u8], max_frame: usize) -> Parsed {
         _ => return Parsed::Invalid(1002, "reserved opcode"),
     };
     let fin = b0 & 0x80 != 0;
-    if b1 & 0x80 == 0 {
+    let masked = b1 & 0x80 != 0;
+    if from_client && !masked {
         return Parsed::Invalid(1002, "client frames must be masked");
+    }
+    if !from_client && masked {
+        return Parsed::Invalid(1002, "server frames must not be masked");
     }
     let (len, mut at) = match b1 & 0x7F {
         126 => {
@@ -125,15 +139,19 @@ pub fn parse_client_frame(buf: &[u8], max_frame: usize) -> Parsed {
         Ok(n) if n <= max_frame => n,
         _ => return Parsed::Invalid(1009, "frame larger than the server's limit"),
     };
-    let Some(m) = buf.get(at..at + 4) else {
-        return Parsed::Incomplete;
+    let mask = if masked {
+        let Some(m) = buf.get(at..at + 4) else {
+            return Parsed::Incomplete;
+        };
+        at += 4;
+        Some([m[0], m[1], m[2], m[3]])
+    } else {
+        None
     };
-    let mask = [m[0], m[1], m[2], m[3]];
-    at += 4;
     Parsed::Header(Header {
         fin,
         opcode,
-        mask: Some(mask),
+        mask,
         header_len: at,
         payload_len,
     })
@@ -248,5 +266,32 @@ mod tests {
         for bad in [0, 999, 1004, 1005, 1006, 1014, 1015, 2999, 5000] {
             assert!(!close_code_allowed(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn server_frames_are_unmasked() {
+        let h = |b: &[u8]| match parse_server_frame(b, 1 << 20) {
+            Parsed::Header(h) => h,
+            other => panic!("{other:?}"),
+        };
+        let small = h(&[0x82, 5]);
+        assert_eq!(
+            (small.mask, small.header_len, small.payload_len),
+            (None, 2, 5)
+        );
+        let mid = h(&[0x01, 126, 0x01, 0x00]);
+        assert_eq!((mid.fin, mid.header_len, mid.payload_len), (false, 4, 256));
+        assert_eq!(
+            parse_server_frame(&[0x82, 126, 0x01], 100),
+            Parsed::Incomplete
+        );
+        assert!(matches!(
+            parse_server_frame(&[0x82, 0x85, 1, 2, 3, 4], 100),
+            Parsed::Invalid(1002, _)
+        ));
+        assert!(matches!(
+            parse_server_frame(&[0x82, 126, 0x01, 0x00], 100),
+            Parsed::Invalid(1009, _)
+        ));
     }
 }

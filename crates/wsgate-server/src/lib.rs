@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxyproto;
 pub mod refusal;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod stream;

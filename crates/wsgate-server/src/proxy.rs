@@ -2,26 +2,21 @@
 //! upstream that refuses or is down becomes a 502 with a reason, never a hang or a silent close.
 
 use crate::config::Upstream;
-use crate::metrics::Metrics;
-use crate::ws::{close_for, CLOSE_GRACE};
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketRead, WebSocketWrite};
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use wsgate_handshake::{accept_key, Reason, Refusal, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
 
 /// An upstream connection that has answered 101.
 pub struct UpstreamConn {
-    /// The upstream WebSocket, client role.
-    pub ws: WebSocket<TokioIo<Upgraded>>,
+    /// The upstream's connection, after its 101 (relayed verbatim, see `relay`).
+    pub io: Upgraded,
     /// The subprotocol the upstream chose (always one the client offered).
     pub subprotocol: Option<String>,
 }
@@ -186,86 +181,8 @@ where
     let upgraded = hyper::upgrade::on(resp)
         .await
         .map_err(|e| unreachable(format!("upstream {} upgrade failed: {e}", up.url)))?;
-    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    Ok(UpstreamConn { ws, subprotocol })
-}
-
-/// Relays frames both ways until either side closes or the server shuts down.
-pub async fn relay(
-    client: Upgraded,
-    upstream: WebSocket<TokioIo<Upgraded>>,
-    max_frame: usize,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut client = WebSocket::after_handshake(TokioIo::new(client), Role::Server);
-    client.set_auto_close(false);
-    client.set_auto_pong(false);
-    client.set_max_message_size(max_frame.saturating_add(1));
-    let (cr, cw) = client.split(tokio::io::split);
-    let (ur, uw) = upstream.split(tokio::io::split);
-    let up = pump(cr, uw, shutdown.clone(), metrics.clone(), true);
-    let down = pump(ur, cw, shutdown, metrics, false);
-    tokio::pin!(up, down);
-    // When one direction ends (a close was relayed, or a side vanished) the other gets a short
-    // grace to relay the close reply, then everything is dropped.
-    tokio::select! {
-        _ = &mut up => { let _ = timeout(CLOSE_GRACE, down).await; }
-        _ = &mut down => { let _ = timeout(CLOSE_GRACE, up).await; }
-    }
-}
-
-async fn pump<R, W>(
-    mut from: WebSocketRead<R>,
-    mut to: WebSocketWrite<W>,
-    mut shutdown: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-    from_client: bool,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // With auto_close and auto_pong off the codec never asks us to send anything.
-    let mut no_obligations = |_: Frame<'static>| std::future::ready(Ok::<(), std::io::Error>(()));
-    loop {
-        let frame = tokio::select! {
-            f = from.read_frame(&mut no_obligations) => f,
-            _ = crate::ws::stopped(&mut shutdown) => {
-                let _ = to.write_frame(Frame::close(1001, b"server shutting down")).await;
-                return;
-            }
-        };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                // Tell the other side why, when there is a protocol reason to tell.
-                if let Some((code, reason)) = close_for(&e) {
-                    let _ = to
-                        .write_frame(Frame::close(code, crate::ws::truncate(&reason).as_bytes()))
-                        .await;
-                }
-                return;
-            }
-        };
-        let is_close = frame.opcode == OpCode::Close;
-        if matches!(
-            frame.opcode,
-            OpCode::Text | OpCode::Binary | OpCode::Continuation
-        ) {
-            let n = frame.payload.len() as u64;
-            if from_client {
-                metrics.messages_in.inc();
-                metrics.bytes_in.inc_by(n);
-            } else {
-                metrics.messages_out.inc();
-                metrics.bytes_out.inc_by(n);
-            }
-        }
-        let frame = Frame::new(frame.fin, frame.opcode, None, frame.payload);
-        if to.write_frame(frame).await.is_err() || is_close {
-            return;
-        }
-    }
+    Ok(UpstreamConn {
+        io: upgraded,
+        subprotocol,
+    })
 }

@@ -7,7 +7,7 @@ use crate::refusal::{self, Body, Context};
 use crate::routes::Router;
 use crate::stream::Stream;
 use crate::ws::{self, Local};
-use crate::{ids, proxy, tls};
+use crate::{ids, proxy, relay, tls};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -712,7 +712,7 @@ async fn handle(
                 } = *w;
                 // Boxed: the relay's state is large and would otherwise size every
                 // connection's task, echo and channel ones included.
-                Box::pin(proxy::relay(upgraded, up.ws, max_frame, metrics, shutdown)).await
+                Box::pin(relay::relay(upgraded, up.io, max_frame, metrics, shutdown)).await
             }
             Work::Nothing => {}
         }

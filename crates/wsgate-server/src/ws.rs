@@ -14,7 +14,6 @@
 use crate::hub::{Broadcast, Hub, Membership};
 use crate::metrics::Metrics;
 use bytes::{Buf, Bytes, BytesMut};
-use fastwebsockets::WebSocketError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -42,7 +41,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const LARGE_PAYLOAD: usize = 2048;
 /// Queued output above which the connection stops reading (and stops taking broadcasts) until
 /// the peer catches up: backpressure instead of unbounded memory.
-const HIGH_WATER: usize = 256 * 1024;
+pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// Reads per wake-up before yielding to other connections.
 const READS_PER_POLL: usize = 16;
 
@@ -88,22 +87,6 @@ pub enum Local {
         /// Whether the publisher receives its own messages.
         deliver_to_sender: bool,
     },
-}
-
-/// The close code and reason for a codec read error (the proxy's relay), or `None` when the
-/// peer is simply gone.
-pub fn close_for(e: &WebSocketError) -> Option<(u16, String)> {
-    match e {
-        WebSocketError::InvalidUTF8 => Some((1007, "invalid UTF-8 in a text message".into())),
-        WebSocketError::FrameTooLarge => {
-            Some((1009, "frame larger than the server's limit".into()))
-        }
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed
-        | WebSocketError::SendError(_) => None,
-        other => Some((1002, format!("protocol error: {other}"))),
-    }
 }
 
 /// Reassembles fragmented messages, enforcing the message size limit and UTF-8 as data arrives.
@@ -302,25 +285,72 @@ enum End {
 /// Output waiting for the peer, owned only while the peer is not keeping up. Broadcast frames
 /// are queued by reference, never copied.
 #[derive(Default)]
-struct OutQueue {
+pub(crate) struct OutQueue {
     bufs: VecDeque<Bytes>,
-    bytes: usize,
+    /// Bytes waiting.
+    pub(crate) bytes: usize,
 }
 
 impl OutQueue {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.bufs.is_empty()
     }
 
-    fn push(&mut self, b: Bytes) {
+    pub(crate) fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.bytes += b.len();
             self.bufs.push_back(b);
         }
     }
 
+    /// Writes `parts` in order (the queue must be empty); what the socket does not take is
+    /// queued. `Err` means the peer is gone.
+    pub(crate) fn write_now<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        parts: &[&[u8]],
+    ) -> Result<(), ()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut done = 0;
+        while done < total {
+            let mut slices = [IoSlice::new(&[]); 3];
+            let mut n = 0;
+            let mut skip = done;
+            for p in parts {
+                // `<=`: empty parts (no batch before a large payload) are left out.
+                if p.len() <= skip {
+                    skip -= p.len();
+                    continue;
+                }
+                slices[n] = IoSlice::new(&p[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match poll_write_slices(io, cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+                Poll::Ready(Ok(w)) => done += w,
+                Poll::Pending => break,
+            }
+        }
+        if done < total {
+            let mut rest = BytesMut::with_capacity(total - done);
+            let mut skip = done;
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
+                }
+                rest.extend_from_slice(&p[skip..]);
+                skip = 0;
+            }
+            self.push(rest.freeze());
+        }
+        Ok(())
+    }
+
     /// Writes until empty or the socket is full. `Ready(Err)` means the peer is gone.
-    fn poll_flush<IO: AsyncWrite + Unpin>(
+    pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
@@ -432,42 +462,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Writes `parts` in order (the queue is empty); what the socket does not take is queued.
     fn write_now(&mut self, cx: &mut Context<'_>, parts: &[&[u8]]) -> Result<(), End> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut done = 0;
-        while done < total {
-            let mut slices = [IoSlice::new(&[]); 3];
-            let mut n = 0;
-            let mut skip = done;
-            for p in parts {
-                // `<=`: empty parts (no batch before a large payload) are left out.
-                if p.len() <= skip {
-                    skip -= p.len();
-                    continue;
-                }
-                slices[n] = IoSlice::new(&p[skip..]);
-                skip = 0;
-                n += 1;
-            }
-            match poll_write_slices(&mut self.io, cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(End::Gone),
-                Poll::Ready(Ok(w)) => done += w,
-                Poll::Pending => break,
-            }
-        }
-        if done < total {
-            let mut rest = BytesMut::with_capacity(total - done);
-            let mut skip = done;
-            for p in parts {
-                if skip >= p.len() {
-                    skip -= p.len();
-                    continue;
-                }
-                rest.extend_from_slice(&p[skip..]);
-                skip = 0;
-            }
-            self.out.push(rest.freeze());
-        }
-        Ok(())
+        self.out
+            .write_now(&mut self.io, cx, parts)
+            .map_err(|()| End::Gone)
     }
 
     /// Writes a shared broadcast frame without copying it.
