@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -36,7 +37,8 @@ def require_tool(path_or_name, why):
 class Wsgate:
     """A running `wsgate serve` process with its bound addresses and its log."""
 
-    def __init__(self, config_text, tmp_path, extra_args=(), expect_start=True):
+    def __init__(self, config_text, tmp_path, extra_args=(), expect_start=True, nofile=None):
+        """`nofile`: (soft, hard) open-files limits to start the server with."""
         self.tmp = tmp_path
         self.config_path = tmp_path / f"wsgate-{id(self)}.toml"
         self.config_path.write_text(config_text)
@@ -48,6 +50,7 @@ class Wsgate:
             stdout=subprocess.PIPE,
             stderr=self._log,
             env={**os.environ, "WSGATE_LOG": os.environ.get("WSGATE_TEST_LOG", "info")},
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None,
         )
         self.urls = []
         self.admin = None

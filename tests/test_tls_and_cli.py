@@ -168,3 +168,14 @@ def test_embedded_default_serves_and_prints_what_to_try():
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit_or_named_when_too_low(wsgate):
+    # A soft limit below the hard one (systemd starts services at 1,024): raised, and said so.
+    s = wsgate(nofile=(256, 4096))
+    log = s.wait_log("raised the open-files limit")
+    assert "from=256" in log and "to=4096" in log
+    # A hard limit that cannot hold limits.max_connections: the operator is told what to change.
+    s = wsgate(config(limits="max_connections = 10000\n"), nofile=(512, 512))
+    line = next(l for l in s.wait_log("open-files limit is below").splitlines() if "below" in l)
+    assert "limit=512" in line and "max_connections=10000" in line and "LimitNOFILE" in line

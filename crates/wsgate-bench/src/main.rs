@@ -432,11 +432,11 @@ fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// This process's soft limit on open files (servers inherit it), from /proc.
+/// This process's soft limit on open files, raised to the hard limit first (the servers it
+/// starts inherit it).
 fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    let _ = wsgate_server::fdlimit::raise_open_files();
+    wsgate_server::fdlimit::open_files().map(|(soft, _)| soft)
 }
 
 /// The server's PID inside `taskset` (which execs the program, so it is the same PID).

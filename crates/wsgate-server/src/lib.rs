@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod extcheck;
+pub mod fdlimit;
 pub mod hub;
 pub mod ids;
 pub mod metrics;

@@ -178,6 +178,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
     }
     init_logging(&config);
+    open_files_limit(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -611,6 +612,26 @@ fn passwd() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("hashing failed: {e}")),
+    }
+}
+
+/// Raises the open-files limit as far as allowed, and warns when it still cannot hold the
+/// configured number of connections (beyond it, new connections fail at accept).
+fn open_files_limit(config: &Config) {
+    if let Some((from, to)) = wsgate_server::fdlimit::raise_open_files() {
+        tracing::info!(from, to, "raised the open-files limit to the hard limit");
+    }
+    if let Some((soft, hard)) = wsgate_server::fdlimit::open_files() {
+        // A margin for listeners, upstream connections, certificates and logs.
+        let want = (config.limits.max_connections as u64).saturating_add(64);
+        if soft < want {
+            tracing::warn!(
+                limit = soft,
+                hard,
+                max_connections = config.limits.max_connections,
+                "the open-files limit is below limits.max_connections: connections beyond it are refused when accepted; raise it (`ulimit -n`, or LimitNOFILE= for a systemd service) or lower limits.max_connections"
+            );
+        }
     }
 }
 
