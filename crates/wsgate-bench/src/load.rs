@@ -93,60 +93,15 @@ pub async fn echo(
     let frames: Arc<[u8]> = client_frame(size, [0x12, 0x34, 0x56, 0x78])
         .repeat(in_flight)
         .into();
-    let frame_len = frames.len() / in_flight;
     let mut tasks = Vec::new();
-    for mut stream in streams {
-        let (stop, frames) = (stop.clone(), frames.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let mut sent = std::collections::VecDeque::with_capacity(in_flight);
-            let mut done = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut counter = FrameCounter::default();
-            let now = Instant::now();
-            sent.extend(std::iter::repeat_n(now, in_flight));
-            if stream.write_all(&frames).await.is_err() {
-                return (done, hist);
-            }
-            loop {
-                let Ok(n) = stream.read(&mut buf[counter.kept..]).await else {
-                    return (done, hist);
-                };
-                if n == 0 {
-                    return (done, hist);
-                }
-                let (echoes, closed) = counter.feed(&mut buf, n);
-                if closed {
-                    return (done, hist);
-                }
-                if echoes == 0 {
-                    continue;
-                }
-                let now = Instant::now();
-                for _ in 0..echoes {
-                    if let (Some(t), Some(h)) = (sent.pop_front(), hist.as_mut()) {
-                        let _ = h.record(now.duration_since(t).as_micros().max(1) as u64);
-                    }
-                }
-                done += echoes as u64;
-                if stop.load(Ordering::Relaxed) {
-                    // A masked close frame, status 1000 (mask key 0 leaves the code as is).
-                    let _ = stream
-                        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])
-                        .await;
-                    return (done, hist);
-                }
-                let echoes = echoes.min(in_flight);
-                sent.extend(std::iter::repeat_n(now, echoes));
-                if stream
-                    .write_all(&frames[..echoes * frame_len])
-                    .await
-                    .is_err()
-                {
-                    return (done, hist);
-                }
-            }
-        }));
+    for stream in streams {
+        let until = Until::Flag(stop.clone());
+        tasks.push(tokio::spawn(echo_loop(
+            stream,
+            frames.clone(),
+            in_flight,
+            until,
+        )));
     }
     let started = Instant::now();
     tokio::time::sleep(duration).await;
@@ -175,6 +130,101 @@ pub async fn echo(
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
     })
+}
+
+/// When a connection's echo loop ends.
+enum Until {
+    /// When the flag is set (a timed run).
+    Flag(Arc<AtomicBool>),
+    /// After this many echoes, once the server has answered our close too (a fixed amount of
+    /// work, for instruction counts).
+    Count(u64),
+}
+
+/// One connection's echo loop: `in_flight` prebuilt frames out, and every echo answered with the
+/// next frame; returns the echoes and their round-trip times.
+async fn echo_loop(
+    mut stream: TcpStream,
+    frames: Arc<[u8]>,
+    in_flight: usize,
+    until: Until,
+) -> (u64, Option<Histogram<u64>>) {
+    let frame_len = frames.len() / in_flight;
+    let limit = match until {
+        Until::Count(n) => n,
+        Until::Flag(_) => u64::MAX,
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let mut sent = std::collections::VecDeque::with_capacity(in_flight);
+    let (mut done, mut out) = (0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut counter = FrameCounter::default();
+    let first = (in_flight as u64).min(limit) as usize;
+    if first == 0 {
+        return (done, hist);
+    }
+    sent.extend(std::iter::repeat_n(Instant::now(), first));
+    if stream
+        .write_all(&frames[..first * frame_len])
+        .await
+        .is_err()
+    {
+        return (done, hist);
+    }
+    out += first as u64;
+    loop {
+        let Ok(n) = stream.read(&mut buf[counter.kept..]).await else {
+            return (done, hist);
+        };
+        if n == 0 {
+            return (done, hist);
+        }
+        let (echoes, closed) = counter.feed(&mut buf, n);
+        if closed {
+            return (done, hist);
+        }
+        if echoes == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        for _ in 0..echoes {
+            if let (Some(t), Some(h)) = (sent.pop_front(), hist.as_mut()) {
+                let _ = h.record(now.duration_since(t).as_micros().max(1) as u64);
+            }
+        }
+        done += echoes as u64;
+        let stopped = match &until {
+            Until::Flag(stop) => stop.load(Ordering::Relaxed),
+            Until::Count(n) => done >= *n,
+        };
+        if stopped {
+            // A masked close frame, status 1000 (mask key 0 leaves the code as is).
+            let _ = stream
+                .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])
+                .await;
+            if let Until::Count(_) = until {
+                // The server's close reply, so its side of the work is counted too.
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    while let Ok(n) = stream.read(&mut buf[counter.kept..]).await {
+                        if n == 0 || counter.feed(&mut buf, n).1 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            return (done, hist);
+        }
+        let more = (echoes as u64).min(limit - out) as usize;
+        if more == 0 {
+            continue;
+        }
+        sent.extend(std::iter::repeat_n(now, more));
+        if stream.write_all(&frames[..more * frame_len]).await.is_err() {
+            return (done, hist);
+        }
+        out += more as u64;
+    }
 }
 
 /// One masked binary client frame of `size` bytes of 0x5A.
@@ -413,39 +463,16 @@ pub async fn echo_fixed(
     for _ in 0..connections {
         streams.push(connect(addr, path, &[], None).await?);
     }
+    let frames: Arc<[u8]> = client_frame(size, [0x12, 0x34, 0x56, 0x78]).into();
     let mut tasks = Vec::new();
     for stream in streams {
-        tasks.push(tokio::spawn(async move {
-            let mut ws = WebSocket::after_handshake(stream, Role::Client);
-            let payload = vec![0x5Au8; size];
-            let mut done = 0u64;
-            for _ in 0..per_connection {
-                if ws
-                    .write_frame(Frame::binary(Payload::Borrowed(&payload)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                loop {
-                    match ws.read_frame().await {
-                        Ok(f) if f.opcode == OpCode::Binary => break,
-                        Ok(_) => continue,
-                        Err(_) => return done,
-                    }
-                }
-                done += 1;
-            }
-            let _ = ws.write_frame(Frame::close(1000, b"")).await;
-            // Wait for the server's close reply, so its side of the work is counted too.
-            let _ = tokio::time::timeout(Duration::from_secs(30), ws.read_frame()).await;
-            done
-        }));
+        let until = Until::Count(per_connection as u64);
+        tasks.push(tokio::spawn(echo_loop(stream, frames.clone(), 1, until)));
     }
     let mut total = 0;
     for mut t in tasks {
         match tokio::time::timeout(Duration::from_secs(600), &mut t).await {
-            Ok(Ok(n)) => total += n,
+            Ok(Ok((n, _))) => total += n,
             _ => t.abort(),
         }
     }
