@@ -444,6 +444,20 @@ fn pid(s: &Server) -> u32 {
     s.child.id()
 }
 
+/// A ratio taken round by round (the two servers ran next to each other in time, so a noisy
+/// neighbour or a clock change hits both), as its median and, over several rounds, its range.
+fn paired(a: &[Sample], b: &[Sample], ratio: fn(&Sample, &Sample) -> f64) -> String {
+    let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| ratio(a, b)).collect();
+    let (lo, hi) = r
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    match r.len() {
+        0 => "-".into(),
+        1 => format!("{:.2}", r[0]),
+        _ => format!("{:.2} ({lo:.2}–{hi:.2})", median(r)),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -514,7 +528,6 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
                     .push(Sample::of(&r, s1 - s0, c1 - c0));
             }
         }
-        let mut med = std::collections::BTreeMap::new();
         for (name, v) in &per {
             let row = Sample::median(v);
             md.push_str(&format!(
@@ -522,21 +535,23 @@ async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Resul
                 row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, row.cpu_per_msg
             ));
             echo_rows.push(json!({"case": label, "connections": conns, "server": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "server_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "server_cpu_us_per_msg": row.cpu_per_msg}));
-            med.insert(*name, row);
         }
         if let (Some(w), Some(f), Some(t)) = (
-            med.get("wsgate"),
-            med.get("fastwebsockets"),
-            med.get("tungstenite"),
+            per.get("wsgate"),
+            per.get("fastwebsockets"),
+            per.get("tungstenite"),
         ) {
+            let rate = |a: &Sample, b: &Sample| a.msgs / b.msgs.max(1e-9);
+            let p99 = |a: &Sample, b: &Sample| a.p99 / b.p99.max(1.0);
+            let cpu = |a: &Sample, b: &Sample| b.cpu_per_msg / a.cpu_per_msg.max(1e-9);
             ratio_md.push_str(&format!(
-                "| {label} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
-                w.msgs / f.msgs.max(1e-9),
-                w.msgs / t.msgs.max(1e-9),
-                w.p99 / f.p99.max(1.0),
-                w.p99 / t.p99.max(1.0),
-                f.cpu_per_msg / w.cpu_per_msg.max(1e-9),
-                t.cpu_per_msg / w.cpu_per_msg.max(1e-9)
+                "| {label} | {} | {} | {} | {} | {} | {} |\n",
+                paired(w, f, rate),
+                paired(w, t, rate),
+                paired(w, f, p99),
+                paired(w, t, p99),
+                paired(w, f, cpu),
+                paired(w, t, cpu)
             ));
         }
     }
@@ -829,7 +844,6 @@ async fn proxy_mode(
                 e.1.push(u1 - u0);
             }
         }
-        let mut med = std::collections::BTreeMap::new();
         for (name, (samples, up)) in &per {
             let row = Sample::median(samples);
             let up_cpu = median(up.clone());
@@ -838,13 +852,12 @@ async fn proxy_mode(
                 row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, up_cpu
             ));
             rows.push(json!({"case": label, "connections": conns, "proxy": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "proxy_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "upstream_cpu_s": up_cpu}));
-            med.insert(*name, row);
         }
-        if let (Some(w), Some(n)) = (med.get("wsgate"), med.get("nginx")) {
+        if let (Some((w, _)), Some((n, _))) = (per.get("wsgate"), per.get("nginx")) {
             ratio_md.push_str(&format!(
-                "| {label} | {:.2} | {:.2} |\n",
-                w.msgs / n.msgs.max(1e-9),
-                w.p99 / n.p99.max(1.0)
+                "| {label} | {} | {} |\n",
+                paired(w, n, |a, b| a.msgs / b.msgs.max(1e-9)),
+                paired(w, n, |a, b| a.p99 / b.p99.max(1.0))
             ));
         }
     }
