@@ -39,10 +39,10 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
         /// Alternating rounds per case (medians are reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
         /// Seconds per measurement.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 2.0)]
         seconds: f64,
         /// The wsgate binary (default: next to this one).
         #[arg(long)]
