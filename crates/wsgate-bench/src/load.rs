@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use wsgate_handshake::frame::{parse_server_frame, OpCode as WireOp, Parsed};
 
 /// Opens a WebSocket with a hand-written handshake; reads exactly the answer's head.
 pub async fn connect(
@@ -278,28 +279,18 @@ impl FrameCounter {
                 frames += 1;
                 self.counting = false;
             }
-            let avail = &buf[pos..end];
-            if avail.len() < 2 {
-                break;
-            }
-            let (head, len) = match avail[1] & 0x7F {
-                126 if avail.len() >= 4 => (4, u16::from_be_bytes([avail[2], avail[3]]) as u64),
-                127 if avail.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&avail[2..10]);
-                    (10, u64::from_be_bytes(b))
-                }
-                126 | 127 => break,
-                small => (2, small as u64),
+            let h = match parse_server_frame(&buf[pos..end], usize::MAX) {
+                Parsed::Header(h) => h,
+                Parsed::Incomplete => break,
+                // Not a server's frame: the server is broken; stop as if it had closed.
+                Parsed::Invalid(..) => return (frames, true),
             };
-            let opcode = avail[0] & 0x0F;
-            if opcode == 0x8 {
+            if h.opcode == WireOp::Close {
                 return (frames, true);
             }
-            let fin = avail[0] & 0x80 != 0;
-            self.counting = fin && (opcode == 0x2 || opcode == 0x0);
-            self.skip = len;
-            pos += head;
+            self.counting = h.fin && matches!(h.opcode, WireOp::Binary | WireOp::Continuation);
+            self.skip = h.payload_len as u64;
+            pos += h.header_len;
         }
         buf.copy_within(pos..end, 0);
         self.kept = end - pos;
