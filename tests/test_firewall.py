@@ -2,9 +2,10 @@
 forwarding headers, automatic bans, and the Host allowlist."""
 
 import socket
+import subprocess
 import time
 
-from conftest import config, handshake, raw
+from conftest import BIN, config, handshake, raw
 
 
 def raw_from(source, port, data):
@@ -51,14 +52,20 @@ def test_route_allow_list(wsgate):
     assert raw(s.port, handshake("/ws/echo")).status == 101
 
 
+def trusting(header):
+    """The test routes behind a trusted proxy on 127.0.0.1 that sets `header`."""
+    return config(routes=ROUTES).replace(
+        "[[route]]",
+        f'[firewall]\ntrusted_proxies = ["127.0.0.1"]\nclient_address_header = "{header}"\n\n[[route]]',
+        1,
+    )
+
+
 def test_forwarded_for_is_believed_only_from_trusted_proxies(wsgate):
-    text = config(routes=ROUTES).replace("[[route]]", '[firewall]\ntrusted_proxies = ["127.0.0.1"]\n\n[[route]]', 1)
-    s = wsgate(text)
+    s = wsgate(trusting("x-forwarded-for"))
     # from the trusted proxy, the real client 203.0.113.5 is judged: denied on /ws/no-bad
     status, h = raw_from("127.0.0.1", s.port, handshake("/ws/no-bad", headers=[("X-Forwarded-For", "203.0.113.5")]))
     assert status == 403 and h["wsgate-reason"] == "firewall.ip_denied"
-    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("Forwarded", 'for="10.1.2.3:999"')]))
-    assert status == 101
     # a client prepending a fake internal address still is the right-most untrusted hop
     status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("X-Forwarded-For", "10.0.0.1, 198.51.100.1")]))
     assert status == 403
@@ -69,6 +76,31 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(wsgate):
     assert status == 101
     assert 'client=203.0.113.5' in s.log()
     assert "X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored" in s.log()
+
+
+def test_only_the_configured_forwarding_header_is_believed(wsgate):
+    """Attack: behind nginx, which appends X-Forwarded-For and passes the client's own `Forwarded`
+    through, a denied client sends `Forwarded: for=<allowed address>`. Only the header the operator
+    named is read."""
+    s = wsgate(trusting("x-forwarded-for"))
+    spoof = [("Forwarded", "for=10.1.2.3"), ("X-Forwarded-For", "203.0.113.5")]
+    status, h = raw_from("127.0.0.1", s.port, handshake("/ws/no-bad", headers=spoof))
+    assert status == 403 and h["wsgate-reason"] == "firewall.ip_denied", "X-Forwarded-For decides"
+    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("Forwarded", "for=10.1.2.3")]))
+    assert status == 403, "a Forwarded header is not believed when the proxies set X-Forwarded-For"
+    s = wsgate(trusting("forwarded"))
+    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("Forwarded", 'for="10.1.2.3:999"')]))
+    assert status == 101
+    status, _ = raw_from("127.0.0.1", s.port, handshake("/ws/internal", headers=[("X-Forwarded-For", "10.1.2.3")]))
+    assert status == 403, "X-Forwarded-For is not believed when the proxies set Forwarded"
+
+
+def test_trusted_proxies_without_a_named_header_is_a_config_error(tmp_path):
+    p = tmp_path / "wsgate.toml"
+    p.write_text(config(routes=ROUTES).replace("[[route]]", '[firewall]\ntrusted_proxies = ["127.0.0.1"]\n\n[[route]]', 1))
+    r = subprocess.run([BIN, "check", "--config", str(p)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "firewall.client_address_header" in r.stderr and "x-forwarded-for" in r.stderr
 
 
 def test_repeated_refusals_ban_the_address(wsgate):
@@ -142,6 +174,7 @@ def test_connection_caps_per_address_and_identity(wsgate):
 PP_ROUTES = """
 [firewall]
 trusted_proxies = ["127.0.0.1"]
+client_address_header = "none"
 
 [[route]]
 path = "/ws/no-bad"

@@ -155,6 +155,12 @@ def test_hs256_signed_with_the_rsa_public_key_is_refused(gate, keys):
         ("wrong-secret", lambda: hs(secret="another-secret-of-at-least-32-bytes"), "auth.invalid"),
         ("tampered", lambda: (lambda t: t.split(".")[0] + "." + b64(json.dumps(claims(sub="mallory")).encode()) + "." + t.split(".")[2])(hs()), "auth.invalid"),
         ("garbage", lambda: "eyJhbGciOiJIUzI1NiJ9.garbage.garbage", "auth.invalid"),
+        # The route names an audience and an issuer: tokens without the claim are refused.
+        ("no-aud", lambda: hs(claims(aud=None)), "auth.invalid"),
+        ("no-iss", lambda: hs(claims(iss=None)), "auth.invalid"),
+        # RFC 7515 §4.1.11: an unknown critical header extension must be refused.
+        ("crit", lambda: pyjwt.encode(claims(), SECRET, algorithm="HS256",
+                                      headers={"kid": "hs-1", "crit": ["urn:x-ext"], "urn:x-ext": 1}), "auth.invalid"),
     ],
 )
 def test_jwt_attacks(gate, name, token_fn, reason):

@@ -1,7 +1,8 @@
 """An upstream WebSocket server for proxy tests, built on Python `websockets`.
 
 Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes; on request reports headers,
-vanishes without a close frame, or sends a masked frame, which no server may) or
+vanishes without a close frame, or sends a masked frame, which no server may), `echo-any` (the same,
+choosing whatever subprotocol the client offers first, as a careless upstream would) or
 `refuse` (answers every handshake with 403); with CERT and KEY it serves wss://. Prints `port N` once
 listening on 127.0.0.1.
 """
@@ -37,7 +38,10 @@ async def main(mode, cert=None, key=None):
     def select(connection, offered):
         return next((p for p in ("chat.v2", "chat.v1") if p in offered), None)
 
-    kwargs = {"select_subprotocol": select}
+    def select_any(connection, offered):
+        return offered[0] if offered else None
+
+    kwargs = {"select_subprotocol": select_any if mode == "echo-any" else select}
     if mode == "refuse":
         kwargs["process_request"] = refuse
     if cert:

@@ -335,12 +335,28 @@ impl AuthPolicy {
         }
     }
 
+    /// The offered subprotocols with every entry under a credential prefix removed, however
+    /// many there are and whichever source carried the credential: such an entry may never be
+    /// selected, forwarded upstream, echoed or logged.
+    pub fn strip_credentials(&self, offered: &[String]) -> Vec<String> {
+        offered
+            .iter()
+            .filter(|p| {
+                !self.sources.iter().any(
+                    |s| matches!(s, Source::Subprotocol(prefix) if p.starts_with(prefix.as_str())),
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
     fn find(&self, req: &Request<'_>) -> Option<Found> {
+        let rest = self.strip_credentials(req.subprotocols);
         let plain = |token: String, s: &Source| Found {
             basic: false,
             token,
             source: s.label(),
-            rest: req.subprotocols.to_vec(),
+            rest: rest.clone(),
         };
         for s in &self.sources {
             let found = match s {
@@ -399,17 +415,8 @@ impl AuthPolicy {
                 Source::Subprotocol(prefix) => req
                     .subprotocols
                     .iter()
-                    .position(|p| p.starts_with(prefix.as_str()))
-                    .map(|i| {
-                        let mut rest = req.subprotocols.to_vec();
-                        let entry = rest.remove(i);
-                        Found {
-                            basic: false,
-                            token: entry[prefix.len()..].to_owned(),
-                            source: s.label(),
-                            rest,
-                        }
-                    }),
+                    .find_map(|p| p.strip_prefix(prefix.as_str()))
+                    .map(|token| plain(token.to_owned(), s)),
             };
             if found.is_some() {
                 return found;
@@ -522,6 +529,27 @@ mod tests {
             ["chat.v1", "chat.v2"],
             "the token entry is removed, never selectable"
         );
+    }
+
+    #[test]
+    fn every_credential_entry_is_removed_whatever_the_count_or_source() {
+        // The same token offered twice: neither copy may survive as a subprotocol.
+        let (_, rest) = auth(
+            &[],
+            None,
+            &["token.s3cret-key", "chat.v1", "token.s3cret-key"],
+        )
+        .unwrap();
+        assert_eq!(rest, ["chat.v1"]);
+        // A credential found in another source still strips token entries from the offer.
+        let (id, rest) = auth(
+            &[("authorization", "Bearer s3cret-key")],
+            None,
+            &["token.other", "chat.v1"],
+        )
+        .unwrap();
+        assert_eq!(id.source, "bearer");
+        assert_eq!(rest, ["chat.v1"]);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The firewall gate: which client addresses may connect, who is believed about the client's
 //! address (trusted proxies), and temporary bans of addresses that keep getting refused.
 //!
-//! Deny wins over allow. Forwarding headers are believed only from a TCP peer in
-//! `trusted_proxies`; the client is then the right-most address that is not itself a trusted
-//! proxy, so a client cannot prepend a fake address to slip past the rules.
+//! Deny wins over allow. One forwarding header, the one the operator names, is believed, and only
+//! from a TCP peer in `trusted_proxies`; the client is then the right-most address that is not
+//! itself a trusted proxy, so a client cannot prepend a fake address to slip past the rules.
 
 use crate::{Reason, Refusal};
 use http::HeaderMap;
@@ -161,20 +161,68 @@ pub struct ClientAddress {
     pub ignored_headers: bool,
 }
 
-/// Works out the client address from the TCP peer and, for trusted proxies, forwarding headers.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> ClientAddress {
+/// The one forwarding header the trusted proxies set (nginx's `real_ip_header`). Only that one is
+/// read: a proxy that appends `X-Forwarded-For` passes the client's own `Forwarded` through
+/// untouched, so believing whichever header is present would let a client name any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, most load balancers).
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+    /// No header is believed (proxies that speak the PROXY protocol, or none at all).
+    #[default]
+    None,
+}
+
+impl ClientHeader {
+    /// Parses the configuration spelling: `x-forwarded-for`, `forwarded` or `none`.
+    pub fn parse(s: &str) -> Result<ClientHeader, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ClientHeader::XForwardedFor),
+            "forwarded" => Ok(ClientHeader::Forwarded),
+            "none" => Ok(ClientHeader::None),
+            _ => Err(format!(
+                "{s:?} is not a forwarding header: use \"x-forwarded-for\", \"forwarded\" or \"none\" (PROXY protocol only)"
+            )),
+        }
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientHeader::XForwardedFor => "x-forwarded-for",
+            ClientHeader::Forwarded => "forwarded",
+            ClientHeader::None => "none",
+        }
+    }
+}
+
+/// Works out the client address from the TCP peer and, for trusted proxies, the one forwarding
+/// header they set.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    header: ClientHeader,
+) -> ClientAddress {
     let peer = canonical(peer);
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
-    let (hops, via) = if headers.contains_key("forwarded") {
-        (forwarded_hops(headers), Via::Forwarded)
-    } else if headers.contains_key("x-forwarded-for") {
-        (xff_hops(headers), Via::XForwardedFor)
-    } else {
-        return ClientAddress {
-            ip: peer,
-            via: Via::Peer,
-            ignored_headers: false,
-        };
+    let present = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+    let (hops, via) = match header {
+        ClientHeader::Forwarded if headers.contains_key("forwarded") => {
+            (forwarded_hops(headers), Via::Forwarded)
+        }
+        ClientHeader::XForwardedFor if headers.contains_key("x-forwarded-for") => {
+            (xff_hops(headers), Via::XForwardedFor)
+        }
+        _ => {
+            return ClientAddress {
+                ip: peer,
+                via: Via::Peer,
+                ignored_headers: present && !is_trusted(peer),
+            }
+        }
     };
     if !is_trusted(peer) {
         return ClientAddress {
@@ -396,10 +444,35 @@ mod tests {
         h
     }
 
+    const XFF: ClientHeader = ClientHeader::XForwardedFor;
+    const FWD: ClientHeader = ClientHeader::Forwarded;
+
+    #[test]
+    fn only_the_configured_forwarding_header_is_believed() {
+        let trusted = cidrs(&["127.0.0.1"]);
+        // nginx appends X-Forwarded-For and passes the client's own Forwarded through.
+        let h = headers(&[
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        let c = client_address(ip("127.0.0.1"), &h, &trusted, XFF);
+        assert_eq!((c.ip, c.via), (ip("198.51.100.7"), Via::XForwardedFor));
+        let c = client_address(ip("127.0.0.1"), &h, &trusted, FWD);
+        assert_eq!((c.ip, c.via), (ip("10.0.0.1"), Via::Forwarded));
+        // Only the other header present: nothing is believed.
+        let h = headers(&[("forwarded", "for=10.0.0.1")]);
+        let c = client_address(ip("127.0.0.1"), &h, &trusted, XFF);
+        assert_eq!((c.ip, c.via), (ip("127.0.0.1"), Via::Peer));
+        let c = client_address(ip("127.0.0.1"), &h, &trusted, ClientHeader::None);
+        assert_eq!((c.ip, c.via), (ip("127.0.0.1"), Via::Peer));
+        assert_eq!(ClientHeader::parse("Forwarded"), Ok(FWD));
+        assert!(ClientHeader::parse("x-real-ip").is_err());
+    }
+
     #[test]
     fn forwarding_headers_are_ignored_from_untrusted_peers() {
         let h = headers(&[("x-forwarded-for", "10.0.0.1")]);
-        let c = client_address(ip("192.0.2.9"), &h, &cidrs(&["127.0.0.1"]));
+        let c = client_address(ip("192.0.2.9"), &h, &cidrs(&["127.0.0.1"]), XFF);
         assert_eq!(
             (c.ip, c.via, c.ignored_headers),
             (ip("192.0.2.9"), Via::Peer, true)
@@ -411,30 +484,30 @@ mod tests {
         let trusted = cidrs(&["127.0.0.1", "10.1.0.0/16"]);
         // the client prepended a fake 10.0.0.1; the edge proxy appended the real 198.51.100.7
         let h = headers(&[("x-forwarded-for", "10.0.0.1, 198.51.100.7, 10.1.2.3")]);
-        let c = client_address(ip("127.0.0.1"), &h, &trusted);
+        let c = client_address(ip("127.0.0.1"), &h, &trusted, XFF);
         assert_eq!((c.ip, c.via), (ip("198.51.100.7"), Via::XForwardedFor));
         let h = headers(&[(
             "forwarded",
             "for=10.0.0.1, for=\"[2001:db8::7]:4711\";proto=https",
         )]);
         assert_eq!(
-            client_address(ip("127.0.0.1"), &h, &trusted).ip,
+            client_address(ip("127.0.0.1"), &h, &trusted, FWD).ip,
             ip("2001:db8::7")
         );
         let h = headers(&[("forwarded", "for=unknown")]);
         assert_eq!(
-            client_address(ip("127.0.0.1"), &h, &trusted).ip,
+            client_address(ip("127.0.0.1"), &h, &trusted, FWD).ip,
             ip("127.0.0.1")
         );
         let h = headers(&[("x-forwarded-for", "10.1.0.5")]);
         assert_eq!(
-            client_address(ip("127.0.0.1"), &h, &trusted).ip,
+            client_address(ip("127.0.0.1"), &h, &trusted, XFF).ip,
             ip("10.1.0.5"),
             "all trusted: left-most"
         );
         let h = headers(&[("x-forwarded-for", "198.51.100.7:5555")]);
         assert_eq!(
-            client_address(ip("::ffff:127.0.0.1"), &h, &trusted).ip,
+            client_address(ip("::ffff:127.0.0.1"), &h, &trusted, XFF).ip,
             ip("198.51.100.7")
         );
     }

@@ -180,6 +180,14 @@ pub fn verify(issuers: &[JwtIssuer], token: &str) -> Result<serde_json::Value, R
             _ => format!("not a well-formed JWT ({e})"),
         })
     })?;
+    // RFC 7515 §4.1.11: a header that lists critical extensions must be refused by a recipient
+    // that does not understand them, and this one understands none.
+    if let Some(crit) = unverified_part(token, 0).and_then(|h| h.get("crit").cloned()) {
+        return Err(invalid(format!(
+            "the JWT header lists critical extensions ({} entries in `crit`) and none is supported",
+            crit.as_array().map_or(1, Vec::len)
+        )));
+    }
     // The issuer is read before verification only to choose keys; nothing is trusted until verified.
     let iss = unverified_issuer(token);
     let kid = header.kid.as_deref();
@@ -215,11 +223,17 @@ pub fn verify(issuers: &[JwtIssuer], token: &str) -> Result<serde_json::Value, R
         v.leeway = issuer.leeway;
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.required_spec_claims = if issuer.require_exp {
-            ["exp".to_owned()].into()
-        } else {
-            Default::default()
-        };
+        // A configured issuer or audience makes the claim required: a token without `aud`
+        // must not pass a route that asks for one.
+        v.required_spec_claims = [
+            (issuer.require_exp, "exp"),
+            (issuer.issuer.is_some(), "iss"),
+            (!issuer.audience.is_empty(), "aud"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, c)| (*c).to_owned())
+        .collect();
         match &issuer.issuer {
             Some(i) => v.set_issuer(&[i]),
             None => v.iss = None,
@@ -263,11 +277,18 @@ pub fn verify(issuers: &[JwtIssuer], token: &str) -> Result<serde_json::Value, R
     Err(invalid(last))
 }
 
+/// A segment of the compact form (0 header, 1 payload) as JSON, before any verification.
+fn unverified_part(token: &str, index: usize) -> Option<serde_json::Value> {
+    let part = token.split('.').nth(index)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn unverified_issuer(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("iss")?.as_str().map(str::to_owned)
+    unverified_part(token, 1)?
+        .get("iss")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -371,6 +392,43 @@ mod tests {
         parts[1] = &forged;
         assert_eq!(reason(&parts.join(".")), Reason::AuthInvalid);
         assert_eq!(reason("eyJgarbage.x.y"), Reason::AuthInvalid);
+    }
+
+    #[test]
+    fn configured_claims_are_required_and_critical_extensions_refused() {
+        let iss = [hs_issuer()];
+        for claim in ["aud", "iss"] {
+            let mut c = good_claims();
+            c.as_object_mut().unwrap().remove(claim);
+            let e = verify(&iss, &token(c, Some("k1"), SECRET)).unwrap_err();
+            assert_eq!(e.reason, Reason::AuthInvalid, "{claim}");
+            assert!(e.detail.contains(claim), "{claim}: {}", e.detail);
+        }
+        // Without a configured audience, a token without `aud` is fine.
+        let open = JwtIssuer {
+            audience: Vec::new(),
+            ..hs_issuer()
+        };
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("aud");
+        assert!(verify(&[open], &token(c, Some("k1"), SECRET)).is_ok());
+        // A validly signed token whose header names a critical extension.
+        let header =
+            serde_json::json!({"alg": "HS256", "kid": "k1", "crit": ["exp-ext"], "exp-ext": 1});
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(good_claims().to_string())
+        );
+        let sig = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let e = verify(&iss, &format!("{signing_input}.{sig}")).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthInvalid);
+        assert!(e.detail.contains("crit"), "{}", e.detail);
     }
 
     #[test]

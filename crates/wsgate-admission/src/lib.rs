@@ -142,8 +142,10 @@ impl Policy {
 pub struct Global {
     /// Address rules for everyone.
     pub firewall: firewall::IpRules,
-    /// Peers whose `Forwarded` / `X-Forwarded-For` are believed.
+    /// Peers whose forwarding header (and PROXY protocol header) is believed.
     pub trusted_proxies: Vec<firewall::Cidr>,
+    /// The one forwarding header those proxies set.
+    pub client_header: firewall::ClientHeader,
     /// Temporary bans, if enabled.
     pub bans: Option<firewall::Bans>,
 }
@@ -156,7 +158,7 @@ impl Global {
 
     /// The client address for a TCP peer and request headers.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> firewall::ClientAddress {
-        firewall::client_address(peer, headers, &self.trusted_proxies)
+        firewall::client_address(peer, headers, &self.trusted_proxies, self.client_header)
     }
 
     /// Bans first (cheapest, and a banned client learns nothing more), then the global rules.

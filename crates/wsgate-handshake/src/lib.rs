@@ -74,6 +74,111 @@ pub fn accept_key(key: &[u8]) -> String {
     B64.encode(sha.finalize())
 }
 
+/// Bounds on the request head, like nginx's `large_client_header_buffers`: a head is parsed and
+/// held before any gate runs, so its size is the first thing a stranger controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// The request line and every header line together, in bytes.
+    pub max_head: usize,
+    /// One header line (name, `: `, value), or the request line, in bytes.
+    pub max_header: usize,
+}
+
+impl Default for HeadLimits {
+    /// 32 KiB in all and 8 KiB a line: nginx's defaults (four 8 KiB buffers).
+    fn default() -> Self {
+        HeadLimits {
+            max_head: 32 * 1024,
+            max_header: 8 * 1024,
+        }
+    }
+}
+
+/// Checks what must hold before any gate looks at a request: the head's size, no body, and one
+/// target host. Each failure is a request-smuggling or resource shape, refused outright.
+pub fn check_framing(
+    method: &Method,
+    target: &http::Uri,
+    headers: &HeaderMap,
+    limits: HeadLimits,
+) -> Result<(), Refusal> {
+    // "GET " + target + " HTTP/1.1\r\n"
+    let request_line = method.as_str().len() + target.to_string().len() + 12;
+    if request_line > limits.max_header {
+        return Err(too_large(format!(
+            "the request line is {request_line} bytes; limits.max_header_bytes is {}",
+            limits.max_header
+        )));
+    }
+    let mut total = request_line + 2;
+    for (name, value) in headers {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > limits.max_header {
+            // The name is shown, never the value (it may be a credential).
+            return Err(too_large(format!(
+                "the `{name}` header line is {line} bytes; limits.max_header_bytes is {}",
+                limits.max_header
+            )));
+        }
+        total += line;
+    }
+    if total > limits.max_head {
+        return Err(too_large(format!(
+            "the request head is {total} bytes in {} headers; limits.max_head_bytes is {}",
+            headers.len(),
+            limits.max_head
+        )));
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(Refusal::new(
+            Reason::HandshakeBody,
+            format!(
+                "Transfer-Encoding {:?} announces a body{}",
+                joined(headers, &http::header::TRANSFER_ENCODING),
+                if headers.contains_key(http::header::CONTENT_LENGTH) {
+                    ", together with Content-Length (a request-smuggling shape)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let lengths: Vec<&[u8]> = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if !lengths.is_empty() && lengths != [b"0"] {
+        return Err(Refusal::new(
+            Reason::HandshakeBody,
+            format!(
+                "Content-Length {:?} announces a body",
+                joined(headers, &http::header::CONTENT_LENGTH)
+            ),
+        ));
+    }
+    if let Some(authority) = target.authority() {
+        // RFC 9112 §3.2.2: the absolute form's authority wins over Host, so the two must agree
+        // or the Host allowlist would judge a host the request is not for.
+        let host = headers.get(HOST).map(|h| h.as_bytes());
+        if host.is_some_and(|h| !h.eq_ignore_ascii_case(authority.as_str().as_bytes())) {
+            return Err(Refusal::new(
+                Reason::HandshakeBadRequest,
+                format!(
+                    "the absolute-form target names {:?} but Host is {:?}; they must agree",
+                    authority.as_str(),
+                    joined(headers, &HOST)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn too_large(detail: String) -> Refusal {
+    Refusal::new(Reason::HandshakeHeadTooLarge, detail)
+}
+
 /// Whether a request asks to become a WebSocket at all; plain HTTP gets a 426 that explains.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) || headers.contains_key(SEC_WEBSOCKET_KEY)
@@ -362,6 +467,68 @@ mod tests {
             h.append(name.clone(), HeaderValue::from_static("y"));
             assert_eq!(reason(&h), Reason::HandshakeDuplicateHeader, "{name}");
         }
+    }
+
+    fn framing(target: &str, h: &HeaderMap) -> Result<(), Refusal> {
+        check_framing(
+            &Method::GET,
+            &target.parse().unwrap(),
+            h,
+            HeadLimits {
+                max_head: 2048,
+                max_header: 512,
+            },
+        )
+    }
+
+    #[test]
+    fn bodies_big_heads_and_conflicting_targets_are_refused() {
+        assert!(framing("/ws", &good()).is_ok());
+        let reason = |h: &HeaderMap| framing("/ws", h).unwrap_err().reason;
+        let mut h = good();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert_eq!(reason(&h), Reason::HandshakeBody);
+        h.insert("content-length", HeaderValue::from_static("5"));
+        assert_eq!(reason(&h), Reason::HandshakeBody);
+        let mut h = good();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        assert_eq!(reason(&h), Reason::HandshakeBody);
+        h.insert("content-length", HeaderValue::from_static("0"));
+        assert!(framing("/ws", &h).is_ok(), "an empty body is no body");
+        h.append("content-length", HeaderValue::from_static("0"));
+        assert_eq!(reason(&h), Reason::HandshakeBody, "two lengths");
+
+        let mut h = good();
+        h.insert("cookie", HeaderValue::from_str(&"a".repeat(600)).unwrap());
+        let e = framing("/ws", &h).unwrap_err();
+        assert_eq!(e.reason, Reason::HandshakeHeadTooLarge);
+        assert!(e.detail.contains("`cookie`") && !e.detail.contains("aaaa"));
+        let mut h = good();
+        for i in 0..10 {
+            h.insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&"a".repeat(300)).unwrap(),
+            );
+        }
+        assert_eq!(reason(&h), Reason::HandshakeHeadTooLarge);
+        let long = format!("/ws?{}", "q".repeat(600));
+        assert_eq!(
+            framing(&long, &good()).unwrap_err().reason,
+            Reason::HandshakeHeadTooLarge
+        );
+
+        // The absolute form's authority must be the Host.
+        assert!(framing("http://127.0.0.1:8080/ws", &good()).is_ok());
+        assert!(framing("http://127.0.0.1:8080/ws", &{
+            let mut h = good();
+            h.insert(HOST, HeaderValue::from_static("127.0.0.1:8080"));
+            h
+        })
+        .is_ok());
+        assert_eq!(
+            framing("http://other.host/ws", &good()).unwrap_err().reason,
+            Reason::HandshakeBadRequest
+        );
     }
 
     #[test]

@@ -88,6 +88,20 @@ catalog! {
         operator: "If a proxy sits in front of wsgate, make it speak HTTP/1.1 upstream and forward `Connection: upgrade`.",
         client: "Send an HTTP/1.1 GET with Host, `Upgrade: websocket`, `Connection: Upgrade`, Sec-WebSocket-Key and `Sec-WebSocket-Version: 13`.",
     },
+    /// The upgrade request announces a body, which a handshake never has.
+    HandshakeBody => {
+        code: "handshake.body", status: 400,
+        message: "The opening handshake carries a body (Content-Length or Transfer-Encoding); a WebSocket handshake has none.",
+        operator: "Nothing to change on the server: in front of an upstream, such requests are request-smuggling shapes, so they are refused before any gate. Check that no proxy in front adds these headers.",
+        client: "Send the handshake without a body and without `Content-Length`/`Transfer-Encoding` headers; standard WebSocket clients do.",
+    },
+    /// The request head is larger than the configured bound.
+    HandshakeHeadTooLarge => {
+        code: "handshake.head_too_large", status: 431,
+        message: "The request head (all headers, or one header) is larger than the server accepts.",
+        operator: "Raise `limits.max_head_bytes` or `limits.max_header_bytes` if legitimate clients send large headers (big cookies); the log line names which bound was passed.",
+        client: "Send fewer or smaller headers: large cookies for the server's domain are the usual cause.",
+    },
     /// No route matches the request path.
     RouteNotFound => {
         code: "route.not_found", status: 404,
@@ -199,6 +213,13 @@ catalog! {
         message: "This client (address or identity) already has the maximum number of open connections.",
         operator: "Raise `limits.max_connections_per_client` or `max_connections_per_identity` if clients legitimately need more.",
         client: "Close connections you no longer use (another tab or a leaked socket), or share one connection.",
+    },
+    /// The client address has too many handshakes in progress (slow TLS hellos or request heads).
+    LimitHandshakesInProgress => {
+        code: "limit.handshakes_in_progress", status: 429,
+        message: "This client address has too many connections still in their TLS handshake or request head.",
+        operator: "Raise `limits.max_handshakes_per_client` if many legitimate clients share one address (a NAT, or a proxy not in `firewall.trusted_proxies`); a client that opens connections and sends slowly is holding them on purpose.",
+        client: "Finish each handshake before opening the next connection, and open them one at a time with backoff.",
     },
     /// The server is shutting down and accepts no new connections.
     ServerDraining => {
@@ -495,7 +516,7 @@ mod tests {
     fn statuses_are_refusals_and_texts_present() {
         for r in Reason::ALL {
             assert!(
-                [0, 400, 401, 403, 404, 405, 426, 429, 502, 503].contains(&r.status()),
+                [0, 400, 401, 403, 404, 405, 426, 429, 431, 502, 503].contains(&r.status()),
                 "{} has status {}",
                 r.code(),
                 r.status()

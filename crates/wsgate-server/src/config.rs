@@ -91,6 +91,7 @@ struct RawFirewall {
     deny: Vec<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    client_address_header: Option<String>,
     ban: Option<RawBan>,
 }
 
@@ -177,6 +178,8 @@ struct RawLimits {
     handshake_burst: Option<f64>,
     max_connections_per_client: Option<usize>,
     max_connections_per_identity: Option<usize>,
+    max_head_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -331,8 +334,10 @@ pub struct Config {
 pub struct Firewall {
     /// Allow and deny lists for every route.
     pub rules: wsgate_admission::firewall::IpRules,
-    /// Peers whose forwarding headers are believed.
+    /// Peers whose forwarding header (and PROXY header) is believed.
     pub trusted_proxies: Vec<wsgate_admission::firewall::Cidr>,
+    /// The one forwarding header the trusted proxies set.
+    pub client_address_header: wsgate_admission::firewall::ClientHeader,
     /// Automatic temporary bans, if configured.
     pub ban: Option<wsgate_admission::firewall::BanPolicy>,
 }
@@ -398,6 +403,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Per-client rate and connection caps (the limits gate).
     pub clients: wsgate_admission::limits::LimitPolicy,
+    /// Bounds on the request head; beyond them: 431 `handshake.head_too_large`.
+    pub head: wsgate_handshake::HeadLimits,
 }
 
 /// Logging settings.
@@ -692,7 +699,36 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             per_client: l.max_connections_per_client,
             per_identity: l.max_connections_per_identity,
         },
+        head: {
+            let d = wsgate_handshake::HeadLimits::default();
+            wsgate_handshake::HeadLimits {
+                max_head: l.max_head_bytes.unwrap_or(d.max_head),
+                max_header: l.max_header_bytes.unwrap_or(d.max_header),
+            }
+        },
     };
+    // Below these, ordinary browser handshakes would not fit.
+    if limits.head.max_header < 1024 {
+        return Err(err(
+            "limits.max_header_bytes".into(),
+            "must be at least 1024 (a browser's User-Agent or Cookie line alone can be close to that)".into(),
+        ));
+    }
+    if limits.head.max_head < limits.head.max_header {
+        return Err(err(
+            "limits.max_head_bytes".into(),
+            format!(
+                "must be at least limits.max_header_bytes ({}): the head holds every header line",
+                limits.head.max_header
+            ),
+        ));
+    }
+    if limits.head.max_head > 1 << 20 {
+        return Err(err(
+            "limits.max_head_bytes".into(),
+            "must be at most 1048576 (1 MiB); every connection may hold this much before any gate runs".into(),
+        ));
+    }
     for (key, v) in [
         ("max_connections", limits.max_connections),
         ("max_message_bytes", limits.max_message_bytes),
@@ -1031,14 +1067,24 @@ fn build_policy(
 }
 
 fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
-    use wsgate_admission::firewall::{BanPolicy, Cidr, IpRules};
+    use wsgate_admission::firewall::{BanPolicy, Cidr, ClientHeader, IpRules};
     let rules = IpRules::parse(&f.allow, &f.deny)?;
     let trusted_proxies = f
         .trusted_proxies
         .iter()
         .enumerate()
         .map(|(i, s)| Cidr::parse(s).map_err(|m| (format!("trusted_proxies[{i}]"), m)))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_address_header = match &f.client_address_header {
+        Some(h) => ClientHeader::parse(h).map_err(|m| ("client_address_header".to_owned(), m))?,
+        None if trusted_proxies.is_empty() => ClientHeader::None,
+        None => {
+            return Err((
+                "client_address_header".into(),
+                "trusted_proxies are listed, so name the one header they set for the client's address: \"x-forwarded-for\" (nginx's $proxy_add_x_forwarded_for, most load balancers), \"forwarded\" (RFC 7239), or \"none\" (PROXY protocol only). The other header is then ignored, so a client cannot forge it".into(),
+            ))
+        }
+    };
     let ban = match &f.ban {
         None => None,
         Some(b) => {
@@ -1056,6 +1102,7 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
     Ok(Firewall {
         rules,
         trusted_proxies,
+        client_address_header,
         ban,
     })
 }

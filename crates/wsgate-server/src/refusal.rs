@@ -169,6 +169,11 @@ pub fn response(
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
+        // The connection cannot be trusted to be in step after these (an unread body, a head
+        // cut short): it ends with this answer.
+        Reason::HandshakeBody | Reason::HandshakeHeadTooLarge => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         _ => {}
     }
     if status == StatusCode::UNAUTHORIZED {

@@ -191,6 +191,7 @@ impl Server {
         let global = wsgate_admission::Global {
             firewall: config.firewall.rules.clone(),
             trusted_proxies: config.firewall.trusted_proxies.clone(),
+            client_header: config.firewall.client_address_header,
             bans: config
                 .firewall
                 .ban
@@ -408,7 +409,10 @@ where
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.shared.config.limits.handshake_timeout)
-        .max_buf_size(64 * 1024)
+        // Room past the configured head bound, so a head that passes it is still parsed and
+        // refused with our code (431 handshake.head_too_large); only a head four times the bound
+        // meets hyper's own bare 431.
+        .max_buf_size((ctx.shared.config.limits.head.max_head * 4).max(64 * 1024))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -496,6 +500,15 @@ async fn handle(
             Reason::ServerDraining,
             "the server is draining for shutdown",
         )));
+    }
+    // Framing first: a head too large, a body or two hosts is refused before any gate reads it.
+    if let Err(r) = wsgate_handshake::check_framing(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        shared.config.limits.head,
+    ) {
+        return Ok(refuse(r));
     }
     if let Err(r) = shared.global.check(client.ip, Instant::now()) {
         return Ok(refuse(r));

@@ -337,10 +337,11 @@ fn check(args: ConfigArg) -> ExitCode {
             v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
         };
         print!(
-            "firewall allow={:?} deny={:?} trusted_proxies={:?}",
+            "firewall allow={:?} deny={:?} trusted_proxies={:?} client_address_header={}",
             show(&fw.rules.allow),
             show(&fw.rules.deny),
-            show(&fw.trusted_proxies)
+            show(&fw.trusted_proxies),
+            fw.client_address_header.as_str()
         );
         if let Some(b) = fw.ban {
             print!(
