@@ -257,7 +257,12 @@ impl OriginPolicy {
         {
             return Ok(());
         }
-        let shown = if raw.len() > 200 { &raw[..200] } else { raw };
+        // At most 200 bytes, cut on a character boundary (fuzzing found a cut inside one).
+        let cut = (0..=raw.len().min(200))
+            .rev()
+            .find(|i| raw.is_char_boundary(*i))
+            .unwrap_or(0);
+        let shown = &raw[..cut];
         let nearest = self.nearest(raw, own.as_ref());
         let malformed = if parsed.is_none() && raw != "null" {
             " (not a valid serialized origin)"
@@ -341,6 +346,28 @@ mod tests {
         assert!(!ok(&p, "https://app.example.com/"), "an origin has no path");
         assert!(ok(&["http://localhost:3000"], "http://localhost:3000"));
         assert!(!ok(&["http://localhost:3000"], "http://localhost:3001"));
+    }
+
+    #[test]
+    fn long_non_ascii_origins_are_cut_on_a_character_boundary() {
+        // Found by the origin_host fuzz target: the detail cut byte 200 inside a character.
+        let p = OriginPolicy::parse(&["https://app.test".into()], false).unwrap();
+        let origin = format!("https://x{}.test", "\u{d409}".repeat(100));
+        let headers = http::HeaderMap::new();
+        let e = p
+            .check(&Request {
+                client: "192.0.2.1".parse().unwrap(),
+                tls: true,
+                host: "app.test",
+                origin: Some(&origin),
+                headers: &headers,
+                query: None,
+                subprotocols: &[],
+                params: &[],
+                client_cert: None,
+            })
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::OriginNotAllowed);
     }
 
     #[test]

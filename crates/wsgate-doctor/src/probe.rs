@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use wsgate_handshake::frame::OpCode;
 
 /// Where to connect.
 #[derive(Debug, Clone)]
@@ -518,25 +519,9 @@ pub async fn attempt(
             return out;
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let resp = match parsed.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => Response {
-            status: parsed.code.unwrap_or(0),
-            reason: parsed.reason.unwrap_or("").to_owned(),
-            headers: parsed
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::new(),
-        },
-        _ => {
+    let resp = match parse_response_head(&buf[..head_len]) {
+        Some(resp) => resp,
+        None => {
             let start = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
             step(
                 &mut out.steps,
@@ -635,6 +620,50 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Parses a complete response head (status line and headers, ending in a blank line); `None`
+/// when it is not HTTP/1.x. Whatever the server sent, this never panics (fuzzed).
+pub fn parse_response_head(head: &[u8]) -> Option<Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => Some(Response {
+            status: parsed.code.unwrap_or(0),
+            reason: parsed.reason.unwrap_or("").to_owned(),
+            headers: parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::new(),
+        }),
+        _ => None,
+    }
+}
+
+/// The largest server frame the doctor reads; a longer one is reported as a broken connection.
+const MAX_SERVER_FRAME: usize = 1 << 20;
+
+/// Takes one complete server frame off the front of `buf`: `Some(Ok((opcode, payload)))`,
+/// `Some(Err(()))` for a frame no server may send (masked, reserved bits or opcode, too long),
+/// `None` until more bytes arrive. Never panics, whatever the server sent (fuzzed).
+pub fn take_server_frame(buf: &mut Vec<u8>) -> Option<Result<(u8, Vec<u8>), ()>> {
+    match wsgate_handshake::frame::parse_server_frame(buf, MAX_SERVER_FRAME) {
+        wsgate_handshake::frame::Parsed::Incomplete => None,
+        wsgate_handshake::frame::Parsed::Invalid(..) => Some(Err(())),
+        wsgate_handshake::frame::Parsed::Header(h) if buf.len() >= h.frame_len() => {
+            let payload = buf[h.header_len..h.frame_len()].to_vec();
+            buf.drain(..h.frame_len());
+            Some(Ok((h.opcode.bits(), payload)))
+        }
+        wsgate_handshake::frame::Parsed::Header(_) => None,
+    }
+}
+
 /// Reads one server frame: `(opcode, payload)`; `None` on timeout or end of stream.
 async fn read_frame(
     io: &mut Box<dyn Io>,
@@ -643,24 +672,8 @@ async fn read_frame(
 ) -> Option<Result<(u8, Vec<u8>), ()>> {
     let deadline = Instant::now() + wait;
     loop {
-        if buf.len() >= 2 {
-            let len7 = usize::from(buf[1] & 0x7F);
-            let (hdr, len) = match len7 {
-                126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
-                127 if buf.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&buf[2..10]);
-                    (10, u64::from_be_bytes(b) as usize)
-                }
-                126 | 127 => (usize::MAX, 0),
-                n => (2, n),
-            };
-            if hdr != usize::MAX && buf.len() >= hdr + len {
-                let op = buf[0] & 0x0F;
-                let payload = buf[hdr..hdr + len].to_vec();
-                buf.drain(..hdr + len);
-                return Some(Ok((op, payload)));
-            }
+        if let Some(frame) = take_server_frame(buf) {
+            return Some(frame);
         }
         let left = deadline.checked_duration_since(Instant::now())?;
         let mut chunk = [0u8; 8192];
@@ -672,15 +685,13 @@ async fn read_frame(
     }
 }
 
-fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = crate::analyze::random16();
-    let mut f = vec![0x80 | op, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask[..4]);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+fn masked(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let r = crate::analyze::random16();
+    wsgate_handshake::frame::client_frame(op, payload, [r[0], r[1], r[2], r[3]])
 }
 
-fn close_of(payload: &[u8]) -> (u16, String) {
+/// A close frame's code and reason (1005 when it has none).
+pub fn close_of(payload: &[u8]) -> (u16, String) {
     if payload.len() >= 2 {
         (
             u16::from_be_bytes([payload[0], payload[1]]),
@@ -698,7 +709,9 @@ async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsR
     match read_frame(io, &mut buf, Duration::from_millis(300)).await {
         Some(Ok((0x8, p))) => {
             ws.early_close = Some(close_of(&p));
-            let _ = io.write_all(&masked(0x8, &p[..p.len().min(2)])).await;
+            let _ = io
+                .write_all(&masked(OpCode::Close, &p[..p.len().min(2)]))
+                .await;
             return ws;
         }
         Some(Ok((0x1, p))) => {
@@ -710,7 +723,11 @@ async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsR
         }
         _ => {}
     }
-    if io.write_all(&masked(0x9, b"wsgate-doctor")).await.is_ok() {
+    if io
+        .write_all(&masked(OpCode::Ping, b"wsgate-doctor"))
+        .await
+        .is_ok()
+    {
         while let Some(Ok((op, p))) = read_frame(io, &mut buf, opts.timeout).await {
             match op {
                 0xA => {
@@ -742,7 +759,7 @@ async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsR
                     return ws;
                 }
                 Some(Ok((0x9, p))) => {
-                    let _ = io.write_all(&masked(0xA, &p)).await;
+                    let _ = io.write_all(&masked(OpCode::Pong, &p)).await;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(())) => {
@@ -757,7 +774,7 @@ async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsR
         }
     }
     if io
-        .write_all(&masked(0x8, &1000u16.to_be_bytes()))
+        .write_all(&masked(OpCode::Close, &1000u16.to_be_bytes()))
         .await
         .is_ok()
     {
@@ -774,6 +791,28 @@ async fn exercise(io: &mut Box<dyn Io>, mut buf: Vec<u8>, opts: &Options) -> WsR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_server_frames_never_panic() {
+        // A 64-bit length near u64::MAX once overflowed `header + length` and sliced out of bounds.
+        let mut buf = vec![
+            0x82, 127, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xF7, 1, 2,
+        ];
+        assert_eq!(take_server_frame(&mut buf), Some(Err(())));
+        let mut buf = vec![0x82, 127, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert_eq!(take_server_frame(&mut buf), Some(Err(())));
+        let mut buf = vec![0x89, 0x02, b'h'];
+        assert_eq!(take_server_frame(&mut buf), None, "incomplete");
+        buf.push(b'i');
+        buf.extend_from_slice(&[0x88, 0x00]);
+        assert_eq!(take_server_frame(&mut buf), Some(Ok((0x9, b"hi".to_vec()))));
+        assert_eq!(take_server_frame(&mut buf), Some(Ok((0x8, Vec::new()))));
+        assert!(buf.is_empty());
+        assert_eq!(close_of(&[0x03]), (1005, String::new()));
+        assert_eq!(close_of(&[0x03, 0xE8, 0xFF]).0, 1000);
+        assert!(parse_response_head(b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n\r\n").is_some());
+        assert!(parse_response_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_none());
+    }
 
     #[test]
     fn urls() {

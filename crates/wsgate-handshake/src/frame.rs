@@ -27,7 +27,8 @@ impl OpCode {
         matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
     }
 
-    fn bits(self) -> u8 {
+    /// The opcode as it appears in the low nibble of a frame's first byte.
+    pub fn bits(self) -> u8 {
         match self {
             OpCode::Continuation => 0x0,
             OpCode::Text => 0x1,
@@ -181,6 +182,19 @@ pub fn write_server_header(
     }
 }
 
+/// A whole masked client frame (fin set) with any payload length, as a client (the doctor, the
+/// bench, tests) must send it.
+pub fn client_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = write_server_header(&mut header, opcode, payload.len());
+    header[1] |= 0x80;
+    let mut out = Vec::with_capacity(n + 4 + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 /// Whether a close code may appear in a close frame on the wire (§7.4.1, §7.4.2, and the
 /// IANA-registered 1012 "restart" and 1013 "try again later").
 pub fn close_code_allowed(code: u16) -> bool {
@@ -190,6 +204,24 @@ pub fn close_code_allowed(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_frames_of_every_length_class_parse_back() {
+        for len in [0usize, 125, 126, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let f = client_frame(OpCode::Binary, &payload, [9, 8, 7, 6]);
+            let Parsed::Header(h) = parse_client_frame(&f, usize::MAX) else {
+                panic!("{len}: not parsed");
+            };
+            assert_eq!((h.payload_len, h.frame_len()), (len, f.len()), "{len}");
+            let back: Vec<u8> = f[h.header_len..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [9, 8, 7, 6][i % 4])
+                .collect();
+            assert_eq!(back, payload);
+        }
+    }
 
     fn masked(b0: u8, len_bytes: &[u8]) -> Vec<u8> {
         let mut v = vec![b0];

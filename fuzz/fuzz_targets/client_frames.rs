@@ -1,0 +1,47 @@
+//! Bytes a client sends after its 101, through the server's own echo engine (frame parsing,
+//! unmasking, reassembly with limits, UTF-8 validation, control frames and the close handshake),
+//! on an in-memory stream with tokio's clock paused so timers cost no real time.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wsgate_server::metrics::Metrics;
+use wsgate_server::ws::{run_local, Limits, Local, Params};
+
+fn metrics() -> Arc<Metrics> {
+    static M: OnceLock<Arc<Metrics>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(Metrics::new())).clone()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let params = Box::new(Params {
+            local: Local::Echo,
+            conn_id: 1,
+            // Small limits, so fuzzed lengths reach them.
+            limits: Limits {
+                max_message: 4096,
+                max_frame: 2048,
+                ping_interval: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(90),
+            },
+            metrics: metrics(),
+            shutdown: stop_rx,
+        });
+        let conn = tokio::spawn(run_local(server, params));
+        let _ = client.write_all(data).await;
+        let _ = client.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = client.read_to_end(&mut sink).await;
+        conn.await.expect("the connection task never panics");
+    });
+});

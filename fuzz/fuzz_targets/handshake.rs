@@ -1,0 +1,105 @@
+//! Raw request bytes through what the server runs on a request head: HTTP/1.1 parsing (httparse,
+//! hyper's parser), the framing checks, route lookup, RFC 6455 validation and every admission gate
+//! of a configuration that uses them all. Any input must end in an admission or a refusal.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use wsgate_server::config::Config;
+use wsgate_server::routes::Router;
+
+const CONFIG: &str = r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[route]]
+path = "/ws/echo"
+kind = "echo"
+hosts = ["gw.test", "127.0.0.1"]
+origins = ["https://app.test", "https://*.example.org", "null"]
+
+[[route]]
+path = "/ws/chat/{room}"
+kind = "channel"
+subprotocols = ["chat.v1"]
+[route.auth]
+sources = ["bearer", "cookie:wsgate_token", "subprotocol:token.", "query:access_token"]
+api_keys = [{ name = "ci", sha256 = "c018c41c1afaf2c0b66c64f97d0ee135657b699ad260f299234cd40a5d625e0e", scopes = ["chat:read"] }]
+[[route.auth.jwt]]
+issuer = "https://issuer.test"
+audience = ["wsgate"]
+secret = "a-shared-secret-of-at-least-32-bytes!"
+[route.authz]
+channel = "chat:{room}"
+channel_claim = "rooms"
+"#;
+
+fn setup() -> &'static (Config, Router) {
+    static S: OnceLock<(Config, Router)> = OnceLock::new();
+    S.get_or_init(|| {
+        let config = Config::parse(CONFIG, "fuzz.toml").expect("the fuzz configuration is valid");
+        let router = Router::new(&config.routes).expect("its routes are valid");
+        (config, router)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (config, router) = setup();
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
+        return;
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return;
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return;
+    };
+    let Ok(uri) = path.parse::<http::Uri>() else {
+        return;
+    };
+    let version = if version == 1 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    };
+    let mut map = http::HeaderMap::new();
+    for h in req.headers.iter() {
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) else {
+            return;
+        };
+        map.append(n, v);
+    }
+    if wsgate_handshake::check_framing(&method, &uri, &map, config.limits.head).is_err() {
+        return;
+    }
+    let Some(m) = router.find(uri.path()) else {
+        return;
+    };
+    let Ok(hs) = wsgate_handshake::validate(&method, version, &map) else {
+        return;
+    };
+    let view = wsgate_admission::Request {
+        client: "192.0.2.1".parse().unwrap(),
+        tls: false,
+        host: &hs.host,
+        origin: hs.origin.as_deref(),
+        headers: &map,
+        query: uri.query(),
+        subprotocols: &hs.subprotocols,
+        params: &m.params,
+        client_cert: None,
+    };
+    if let Ok(admitted) = m.route.policy(0).gates.admit(&view) {
+        // A credential entry never survives to be selected.
+        assert!(admitted
+            .subprotocols
+            .iter()
+            .all(|p| !p.starts_with("token.")));
+        let _ = wsgate_handshake::select_subprotocol(&admitted.subprotocols, &m.route.subprotocols);
+    }
+});
