@@ -37,7 +37,12 @@ fn domain() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        // Failures are printed with their minimal input; nothing is written into the source tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn wildcards_admit_subdomains_only(d in domain(), sub in prop::collection::vec(label(), 1..3),
@@ -49,7 +54,10 @@ proptest! {
         // The domain itself, look-alikes that glue text on, and the domain under another suffix.
         assert!(!origin_allowed(&entry, &format!("https://{d}")));
         assert!(!origin_allowed(&entry, &format!("https://{glue}{d}")));
-        assert!(!origin_allowed(&entry, &format!("https://{sub}.{d}.{tail}")));
+        // (Unless the added label makes a real subdomain again: `0.8.8.8` is under `8.8`.)
+        if !format!("{d}.{tail}").ends_with(&format!(".{d}")) {
+            assert!(!origin_allowed(&entry, &format!("https://{sub}.{d}.{tail}")));
+        }
         assert!(!origin_allowed(&entry, &format!("https://{sub}{d}")));
         assert!(!origin_allowed(&entry, &format!("https://{sub}-{d}")));
         // Another scheme or port is another origin.
