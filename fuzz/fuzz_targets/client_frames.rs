@@ -33,6 +33,8 @@ fuzz_target!(|data: &[u8]| {
                 max_frame: 2048,
                 ping_interval: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(90),
+                max_output: 64 * 1024,
+                send_timeout: Duration::from_secs(30),
             },
             metrics: metrics(),
             shutdown: stop_rx,

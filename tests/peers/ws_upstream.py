@@ -3,7 +3,9 @@
 Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes; on request reports headers,
 vanishes without a close frame, or sends a masked frame, which no server may), `echo-any` (the same,
 choosing whatever subprotocol the client offers first, as a careless upstream would) or
-`refuse` (answers every handshake with 403); with CERT and KEY it serves wss://. Prints `port N` once
+`sink` (never reads what it is sent), `refuse` (answers every handshake with 403); in every mode
+but `sink`, the message `flood?` makes it send 64 KiB messages as fast as they are taken. With CERT
+and KEY it serves wss://. Prints `port N` once
 listening on 127.0.0.1.
 """
 
@@ -16,8 +18,24 @@ import sys
 from websockets.asyncio.server import serve
 
 
+async def flood(ws):
+    """Sends 64 KiB messages as fast as the connection takes them, until it ends."""
+    chunk = b"f" * 65536
+    try:
+        while True:
+            await ws.send(chunk)
+    except Exception:
+        return
+
+
 async def echo(ws):
+    if MODE == "sink":  # never reads: the library stops reading once its queue is full
+        await ws.wait_closed()
+        return
     async for msg in ws:
+        if msg == "flood?":
+            await flood(ws)
+            return
         if msg == "headers?":
             await ws.send(json.dumps({k.lower(): v for k, v in ws.request.headers.raw_items()}))
         elif msg == "drop?":  # vanish without a close frame
@@ -33,7 +51,12 @@ def refuse(connection, request):
     return connection.respond(http.HTTPStatus.FORBIDDEN, "go away\n")
 
 
+MODE = "echo"
+
+
 async def main(mode, cert=None, key=None):
+    global MODE
+    MODE = mode
     # Picks chat.v2 or chat.v1 when offered, and accepts clients that offer none.
     def select(connection, offered):
         return next((p for p in ("chat.v2", "chat.v1") if p in offered), None)

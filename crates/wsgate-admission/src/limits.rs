@@ -149,9 +149,90 @@ impl Drop for Held {
     }
 }
 
+/// Connections of each address that have not yet delivered a request head (still in their TLS
+/// handshake, or sending the head slowly). Bounding them per address keeps a client that opens
+/// connections and trickles bytes from holding the server's handshake capacity; every
+/// connection still has `handshake_timeout` to finish.
+#[derive(Debug)]
+pub struct InProgress {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted as in progress; dropping it (when its request head has arrived, or
+/// the connection ended) gives the count back.
+#[derive(Debug)]
+pub struct Pending {
+    of: Arc<InProgress>,
+    client: IpAddr,
+}
+
+impl InProgress {
+    /// Counters allowing `max` handshakes in progress per address.
+    pub fn new(max: usize) -> Arc<InProgress> {
+        Arc::new(InProgress {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new connection of `client`, or refuses with `limit.handshakes_in_progress`.
+    pub fn enter(self: &Arc<Self>, client: IpAddr) -> Result<Pending, Refusal> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(client).or_insert(0);
+        if *n >= self.max {
+            return Err(Refusal::new(
+                Reason::LimitHandshakesInProgress,
+                format!(
+                    "client {client} already has {n} connections in their TLS handshake or request head (limits.max_handshakes_per_client = {})",
+                    self.max
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Pending {
+            of: self.clone(),
+            client,
+        })
+    }
+
+    /// Connections in progress of one address (for tests and the log).
+    pub fn count(&self, client: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&client).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut counts = self.of.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshakes_in_progress_are_bounded_per_address_and_released_on_drop() {
+        let p = InProgress::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = p.enter(a).unwrap();
+        let _second = p.enter(a).unwrap();
+        let e = p.enter(a).unwrap_err();
+        assert_eq!(e.reason, Reason::LimitHandshakesInProgress);
+        assert!(p.enter(b).is_ok(), "another address is not affected");
+        drop(first);
+        assert_eq!(p.count(a), 1);
+        assert!(p.enter(a).is_ok());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

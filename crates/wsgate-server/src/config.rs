@@ -180,6 +180,9 @@ struct RawLimits {
     max_connections_per_identity: Option<usize>,
     max_head_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
+    max_output_bytes: Option<usize>,
+    send_timeout: Option<String>,
+    max_handshakes_per_client: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -405,6 +408,14 @@ pub struct Limits {
     pub clients: wsgate_admission::limits::LimitPolicy,
     /// Bounds on the request head; beyond them: 431 `handshake.head_too_large`.
     pub head: wsgate_handshake::HeadLimits,
+    /// Output queued for a peer that is not reading, above which wsgate stops reading from the
+    /// other side (and taking broadcasts): what a peer that never reads can cost.
+    pub max_output_bytes: usize,
+    /// A peer whose queued output makes no progress for this long is closed (1013).
+    pub send_timeout: Duration,
+    /// Connections of one address still in their TLS handshake or request head; beyond it the
+    /// connection is refused at once (`limit.handshakes_in_progress`).
+    pub max_handshakes_per_client: usize,
 }
 
 /// Logging settings.
@@ -699,6 +710,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             per_client: l.max_connections_per_client,
             per_identity: l.max_connections_per_identity,
         },
+        max_output_bytes: l.max_output_bytes.unwrap_or(256 * 1024),
+        send_timeout: dur("send_timeout", &l.send_timeout, Duration::from_secs(30))?,
+        max_handshakes_per_client: l.max_handshakes_per_client.unwrap_or(32),
         head: {
             let d = wsgate_handshake::HeadLimits::default();
             wsgate_handshake::HeadLimits {
@@ -707,6 +721,18 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
             }
         },
     };
+    if limits.max_output_bytes < 16 * 1024 {
+        return Err(err(
+            "limits.max_output_bytes".into(),
+            "must be at least 16384: below it, one read's answers would not fit and every connection would stall".into(),
+        ));
+    }
+    if limits.send_timeout < Duration::from_millis(100) {
+        return Err(err(
+            "limits.send_timeout".into(),
+            "must be at least 100ms: a peer needs time to read what it was sent".into(),
+        ));
+    }
     // Below these, ordinary browser handshakes would not fit.
     if limits.head.max_header < 1024 {
         return Err(err(
@@ -733,6 +759,10 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
         ("max_connections", limits.max_connections),
         ("max_message_bytes", limits.max_message_bytes),
         ("max_frame_bytes", limits.max_frame_bytes),
+        (
+            "max_handshakes_per_client",
+            limits.max_handshakes_per_client,
+        ),
         (
             "max_connections_per_client",
             limits.clients.per_client.unwrap_or(1),

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     /// TLS handshakes that failed or timed out (untrusted client certificates among them).
     pub tls_failures: Counter,
+    /// Connections closed because a peer stopped reading (send timeout) or fell too far behind
+    /// its room: how often slow consumers are cut off.
+    pub slow_closes: Counter,
     cert_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     cert_not_after: Mutex<Vec<(String, SystemTime)>>,
 }
@@ -56,6 +59,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             handshake_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             tls_failures: Counter::default(),
+            slow_closes: Counter::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
             registry: Registry::default(),
@@ -104,6 +108,11 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             m.tls_failures.clone(),
+        );
+        registry.register(
+            "slow_peer_closes",
+            "Connections closed because a peer stopped reading or fell too far behind (1013)",
+            m.slow_closes.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",

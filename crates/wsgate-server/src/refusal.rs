@@ -131,6 +131,50 @@ pub fn refuse(
     response(reason, ctx.request_id, ctx.explain, refusal.retry_after)
 }
 
+/// The body of a refusal: the JSON document at `full`, nothing otherwise.
+fn body(reason: Reason, request_id: &str, explain: Explain) -> Bytes {
+    if explain != Explain::Full {
+        return Bytes::new();
+    }
+    let json = serde_json::json!({
+        "code": reason.code(),
+        "status": reason.status(),
+        "message": reason.message(),
+        "fix": reason.client_fix(),
+        "request_id": request_id,
+    });
+    Bytes::from(format!("{json}\n"))
+}
+
+/// A refusal as raw HTTP/1.1 bytes, closing the connection: for refusals made before any
+/// request head is read (the HTTP server is not running yet on that connection).
+pub fn raw_response(reason: Reason, request_id: &str, explain: Explain) -> Vec<u8> {
+    let resp = response(reason, request_id, explain, None);
+    let status = resp.status();
+    let body = body(reason, request_id, explain);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "connection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
 /// The response for a reason at an explain level; protocol-required headers are always present.
 pub fn response(
     reason: Reason,
@@ -139,19 +183,7 @@ pub fn response(
     retry_after: Option<std::time::Duration>,
 ) -> Response<Body> {
     let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = if explain == Explain::Full {
-        let json = serde_json::json!({
-            "code": reason.code(),
-            "status": reason.status(),
-            "message": reason.message(),
-            "fix": reason.client_fix(),
-            "request_id": request_id,
-        });
-        Bytes::from(format!("{json}\n"))
-    } else {
-        Bytes::new()
-    };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Full::new(body(reason, request_id, explain)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     match reason {
@@ -235,6 +267,21 @@ mod tests {
             ),
             Some(2)
         );
+    }
+
+    #[test]
+    fn raw_refusals_are_complete_http_answers() {
+        let raw = raw_response(Reason::LimitHandshakesInProgress, "rid", Explain::Full);
+        let text = String::from_utf8(raw).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("wsgate-reason: limit.handshakes_in_progress\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains("\"request_id\":\"rid\""));
     }
 
     #[test]

@@ -8,10 +8,16 @@
 //! upstream as one of ours would be, RFC 6455 §10.3); frames from the upstream are unmasked, as a
 //! server's must be. Like the echo engine: one task, no buffer while idle, output queued only
 //! while a side lags, and reading from a side stops while the other is that far behind.
+//!
+//! The relay holds both sides to the rules the endpoints keep: text is valid UTF-8 (checked on
+//! an unmasked copy in a small stack buffer, as it passes, even across fragments and reads) and
+//! close frames carry a valid code and a UTF-8 reason; a frame that breaks them is held back when
+//! it began in the same read. It pings a quiet side, closes a side silent for the idle timeout,
+//! and closes a side that stops reading for the send timeout.
 
 use crate::metrics::Metrics;
 use crate::stream::Stream;
-use crate::ws::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE, HIGH_WATER};
+use crate::ws::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use std::cell::RefCell;
@@ -19,10 +25,13 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout, Sleep};
-use wsgate_handshake::frame::{parse_client_frame, parse_server_frame, OpCode, Parsed};
+use tokio::time::{sleep, timeout, Instant, Sleep};
+use wsgate_handshake::frame::{
+    client_frame, close_code_allowed, parse_client_frame, parse_server_frame, OpCode, Parsed,
+};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads per wake-up before letting other connections run.
@@ -33,6 +42,66 @@ const MAX_HEADER: usize = 14;
 thread_local! {
     /// The read buffer of this worker thread, borrowed for one read and its forwarding.
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Incremental UTF-8 validation of a text message that arrives in pieces: only an incomplete
+/// character (at most three bytes) is carried between pieces.
+#[derive(Default)]
+struct Utf8 {
+    pending: [u8; 4],
+    len: usize,
+}
+
+impl Utf8 {
+    /// Checks the next bytes of the message.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), ()> {
+        // Complete a character that the previous piece cut.
+        while self.len > 0 {
+            let Some((&b, rest)) = data.split_first() else {
+                return Ok(());
+            };
+            self.pending[self.len] = b;
+            self.len += 1;
+            data = rest;
+            match std::str::from_utf8(&self.pending[..self.len]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_some() || self.len == 4 => return Err(()),
+                Err(_) => {}
+            }
+        }
+        match simdutf8::compat::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => Err(()),
+            Err(e) => {
+                let tail = &data[e.valid_up_to()..];
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len();
+                Ok(())
+            }
+        }
+    }
+
+    /// The message ended: a character still incomplete is invalid.
+    fn finish(&mut self) -> Result<(), ()> {
+        let complete = self.len == 0;
+        self.len = 0;
+        if complete {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+/// What the payload of the frame passing now is checked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Binary data, pings and pongs: nothing.
+    Nothing,
+    /// Part of a text message; `fin` ends the message.
+    Text { fin: bool },
+    /// A close frame: its payload is gathered and checked when complete.
+    Close,
 }
 
 /// Frame boundaries in one direction's byte stream.
@@ -49,6 +118,17 @@ struct Frames {
     fragmented: bool,
     /// A close frame has started to pass.
     closed: bool,
+    /// What the current frame's payload is checked for, its masking key and how much of it
+    /// has passed (the mask's phase).
+    check: Check,
+    mask: Option<[u8; 4]>,
+    seen: u64,
+    /// The data message in progress is text.
+    text: bool,
+    utf8: Utf8,
+    /// A close frame's payload (at most 125 bytes), unmasked.
+    close: [u8; 125],
+    close_len: usize,
 }
 
 /// What one read's bytes come to.
@@ -76,6 +156,72 @@ impl Frames {
             head_len: 0,
             fragmented: false,
             closed: false,
+            check: Check::Nothing,
+            mask: None,
+            seen: 0,
+            text: false,
+            utf8: Utf8::default(),
+            close: [0; 125],
+            close_len: 0,
+        }
+    }
+
+    /// Checks the next payload bytes of the current frame (unmasked on a copy: what passes on
+    /// is the bytes as they came).
+    fn check_payload(&mut self, masked: &[u8]) -> Result<(), (u16, &'static str)> {
+        if self.check == Check::Nothing {
+            self.seen += masked.len() as u64;
+            return Ok(());
+        }
+        let mut plain = [0u8; 1024];
+        for piece in masked.chunks(plain.len()) {
+            let plain = &mut plain[..piece.len()];
+            plain.copy_from_slice(piece);
+            if let Some(key) = self.mask {
+                for (i, b) in plain.iter_mut().enumerate() {
+                    *b ^= key[(self.seen as usize + i) % 4];
+                }
+            }
+            self.seen += piece.len() as u64;
+            match self.check {
+                Check::Text { .. } => self
+                    .utf8
+                    .feed(plain)
+                    .map_err(|()| (1007, "invalid UTF-8 in a text message"))?,
+                Check::Close => {
+                    let end = (self.close_len + plain.len()).min(self.close.len());
+                    let n = end - self.close_len;
+                    self.close[self.close_len..end].copy_from_slice(&plain[..n]);
+                    self.close_len = end;
+                }
+                Check::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The current frame has passed whole: the checks that need all of it.
+    fn end_frame(&mut self) -> Result<(), (u16, &'static str)> {
+        match self.check {
+            Check::Text { fin: true } => self
+                .utf8
+                .finish()
+                .map_err(|()| (1007, "invalid UTF-8 in a text message")),
+            Check::Close => match self.close_len {
+                0 => Ok(()),
+                1 => Err((1002, "a close frame with a 1-byte payload")),
+                _ => {
+                    let code = u16::from_be_bytes([self.close[0], self.close[1]]);
+                    if !close_code_allowed(code) {
+                        Err((1002, "a close code that may not be sent"))
+                    } else if simdutf8::basic::from_utf8(&self.close[2..self.close_len]).is_err() {
+                        Err((1007, "a close reason that is not UTF-8"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+            _ => Ok(()),
         }
     }
 
@@ -95,11 +241,27 @@ impl Frames {
             error: None,
         };
         let mut pos = 0;
+        // Where the frame passing now began in this chunk (`None`: in an earlier read), and
+        // whether its first bytes are the held-back prefix.
+        let mut start: Option<usize> = None;
+        let mut uses_prefix = false;
         loop {
             if self.left > 0 {
-                let k = self.left.min((chunk.len() - pos) as u64);
-                self.left -= k;
-                pos += k as usize;
+                let k = self.left.min((chunk.len() - pos) as u64) as usize;
+                let checked = self.check_payload(&chunk[pos..pos + k]);
+                let checked = checked.and_then(|()| {
+                    if self.left == k as u64 {
+                        self.end_frame()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = checked {
+                    self.reject(&mut out, start, uses_prefix, pos, e);
+                    break;
+                }
+                self.left -= k as u64;
+                pos += k;
                 out.forward = pos;
                 if self.left > 0 {
                     break;
@@ -147,10 +309,31 @@ impl Frames {
                 out.prefix[..held].copy_from_slice(&self.head[..held]);
                 out.prefix_len = held;
             }
+            uses_prefix = held > 0;
+            start = Some(pos);
             self.head_len = 0;
             pos += h.header_len - held;
             out.forward = pos;
             self.left = h.payload_len as u64;
+            self.mask = h.mask;
+            self.seen = 0;
+            self.check = match h.opcode {
+                OpCode::Close => {
+                    self.close_len = 0;
+                    Check::Close
+                }
+                OpCode::Ping | OpCode::Pong => Check::Nothing,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    if h.opcode != OpCode::Continuation {
+                        self.text = h.opcode == OpCode::Text;
+                    }
+                    if self.text {
+                        Check::Text { fin: h.fin }
+                    } else {
+                        Check::Nothing
+                    }
+                }
+            };
             match h.opcode {
                 OpCode::Close => self.closed = true,
                 OpCode::Ping | OpCode::Pong => {}
@@ -162,8 +345,41 @@ impl Frames {
                     }
                 }
             }
+            if self.left == 0 {
+                if let Err(e) = self.end_frame() {
+                    self.reject(&mut out, start, uses_prefix, pos, e);
+                    break;
+                }
+            }
         }
         out
+    }
+
+    /// A frame failed a payload check: nothing of it passes if it began in this read (the
+    /// other side stays between frames and can be told with a close frame); otherwise what
+    /// passed before the bad bytes stays passed.
+    fn reject(
+        &mut self,
+        out: &mut Scan,
+        start: Option<usize>,
+        uses_prefix: bool,
+        pos: usize,
+        error: (u16, &'static str),
+    ) {
+        match start {
+            Some(at) => {
+                out.forward = at;
+                if uses_prefix {
+                    out.prefix_len = 0;
+                }
+                self.left = 0;
+            }
+            None => out.forward = pos,
+        }
+        if self.check == Check::Close {
+            self.closed = false;
+        }
+        out.error = Some(error);
     }
 }
 
@@ -181,6 +397,25 @@ enum Ending {
         code: u16,
         why: &'static str,
     },
+    /// A side sent nothing, not even a pong to our pings, for the idle timeout.
+    Idle { client: bool },
+    /// A side read nothing of what waited for it for the send timeout.
+    Stalled { client: bool },
+}
+
+/// The relay's limits and timers, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayLimits {
+    /// Largest client frame.
+    pub max_frame: usize,
+    /// Output queued toward a side above which the other side is no longer read.
+    pub max_output: usize,
+    /// A side quiet for this long is pinged.
+    pub ping_interval: Duration,
+    /// A side silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Queued output that makes no progress for this long closes that side.
+    pub send_timeout: Duration,
 }
 
 /// The two connections and their directions' state.
@@ -194,6 +429,11 @@ struct Relay {
     to_upstream: OutQueue,
     to_client: OutQueue,
     metrics: Arc<Metrics>,
+    max_output: usize,
+    /// Bytes arrived from the client / the upstream since the timer last looked (flags, not a
+    /// clock read per read).
+    client_active: bool,
+    upstream_active: bool,
 }
 
 /// One direction's part of a `Relay`, borrowed for one step.
@@ -202,6 +442,8 @@ struct Pass<'a> {
     to: &'a mut Stream,
     frames: &'a mut Frames,
     queue: &'a mut OutQueue,
+    max_output: usize,
+    active: &'a mut bool,
 }
 
 /// What one read in one direction did.
@@ -215,7 +457,7 @@ enum Step {
 
 impl Pass<'_> {
     fn step(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Step {
-        if self.queue.bytes > HIGH_WATER {
+        if self.queue.bytes > self.max_output {
             // The destination's write readiness wakes us; no reading until then.
             return Step::Idle;
         }
@@ -238,6 +480,7 @@ impl Pass<'_> {
         if data.is_empty() {
             return Step::End(Ending::Gone { client });
         }
+        *self.active = true;
         let scan = self.frames.scan(data);
         if scan.messages > 0 || scan.bytes > 0 {
             let (m, b) = if client {
@@ -305,6 +548,9 @@ impl Relay {
                 to_upstream,
                 to_client,
                 metrics,
+                max_output,
+                client_active,
+                upstream_active,
             } = self;
             let mut moved = false;
             for up_way in [true, false] {
@@ -314,6 +560,8 @@ impl Relay {
                         to: &mut *upstream,
                         frames: &mut *up,
                         queue: &mut *to_upstream,
+                        max_output: *max_output,
+                        active: &mut *client_active,
                     }
                 } else {
                     Pass {
@@ -321,6 +569,8 @@ impl Relay {
                         to: &mut *client,
                         frames: &mut *down,
                         queue: &mut *to_client,
+                        max_output: *max_output,
+                        active: &mut *upstream_active,
                     }
                 };
                 match pass.step(cx, metrics) {
@@ -344,15 +594,29 @@ impl Relay {
     /// Queues a close frame toward the client or the upstream, if that way is between frames
     /// and has not carried a close yet (otherwise the connection is just dropped).
     fn send_close(&mut self, to_client: bool, code: u16, reason: &str) {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(truncate(reason).as_bytes());
+        self.send_control(to_client, OpCode::Close, &payload);
+    }
+
+    /// Queues a control frame of ours toward one side when that way is between frames (never
+    /// inside one passing through) and has not carried a close; false when it could not.
+    fn send_control(&mut self, to_client: bool, opcode: OpCode, payload: &[u8]) -> bool {
         let (frames, queue) = if to_client {
             (&self.down, &mut self.to_client)
         } else {
             (&self.up, &mut self.to_upstream)
         };
-        if frames.at_boundary() && !frames.closed {
-            // Toward the upstream we are the client: our frames must be masked.
-            queue.push(close_frame(code, reason, !to_client));
+        if !frames.at_boundary() || frames.closed {
+            return false;
         }
+        // Toward the upstream we are the client: our frames must be masked.
+        queue.push(if to_client {
+            frame_bytes(opcode, payload)
+        } else {
+            Bytes::from(client_frame(opcode, payload, crate::ids::random_bytes()))
+        });
+        true
     }
 
     /// Writes what is queued, within the close grace.
@@ -371,20 +635,57 @@ impl Relay {
     }
 }
 
-/// A close frame in its own buffer; `masked` for frames we send as a client.
-fn close_frame(code: u16, reason: &str, masked: bool) -> Bytes {
-    let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(truncate(reason).as_bytes());
-    if !masked {
-        return frame_bytes(OpCode::Close, &payload);
+/// What the timer watches: per side, when it was last heard from and whether its output is
+/// stuck (since when, and how far the output had got then).
+struct Watch {
+    heard: Instant,
+    stall: Option<(Instant, u64)>,
+}
+
+impl Watch {
+    fn new(now: Instant) -> Watch {
+        Watch {
+            heard: now,
+            stall: None,
+        }
     }
-    let mask: [u8; 4] = crate::ids::random_bytes();
-    let mut f = BytesMut::with_capacity(6 + payload.len());
-    f.put_u8(0x88);
-    f.put_u8(0x80 | payload.len() as u8);
-    f.put_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f.freeze()
+
+    /// Updates from this side's activity flag and output queue; the ending it calls for.
+    fn look(
+        &mut self,
+        now: Instant,
+        active: bool,
+        queue: &OutQueue,
+        limits: &RelayLimits,
+        client: bool,
+    ) -> Option<Ending> {
+        if active {
+            self.heard = now;
+        }
+        self.stall = match self.stall {
+            _ if queue.is_empty() => None,
+            Some((since, flushed)) if flushed == queue.flushed => {
+                if now >= since + limits.send_timeout {
+                    return Some(Ending::Stalled { client });
+                }
+                Some((since, flushed))
+            }
+            _ => Some((now, queue.flushed)),
+        };
+        if now >= self.heard + limits.idle_timeout {
+            return Some(Ending::Idle { client });
+        }
+        None
+    }
+
+    /// The next moment this side needs a look, besides the ping interval.
+    fn deadline(&self, limits: &RelayLimits) -> Instant {
+        let idle = self.heard + limits.idle_timeout;
+        match self.stall {
+            Some((since, _)) => idle.min(since + limits.send_timeout),
+            None => idle,
+        }
+    }
 }
 
 /// Relays frames both ways until the close handshake completes, a side goes away or breaks the
@@ -392,19 +693,29 @@ fn close_frame(code: u16, reason: &str, masked: bool) -> Bytes {
 pub async fn relay(
     client: Upgraded,
     upstream: Upgraded,
-    max_frame: usize,
+    limits: RelayLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut relay = Relay {
         client: Stream::new(client),
         upstream: Stream::new(upstream),
-        up: Frames::new(true, max_frame),
+        up: Frames::new(true, limits.max_frame),
         down: Frames::new(false, usize::MAX),
         to_upstream: OutQueue::default(),
         to_client: OutQueue::default(),
         metrics,
+        max_output: limits.max_output,
+        client_active: false,
+        upstream_active: false,
     };
+    let ping_every = limits.ping_interval.max(Duration::from_millis(10));
+    let now = Instant::now();
+    let (mut client_watch, mut upstream_watch) = (Watch::new(now), Watch::new(now));
+    // One timer for pings, idle and send timeouts on both sides, moved only when it fires.
+    let mut timer = Box::pin(sleep(ping_every));
+    let mut next_ping = now + ping_every;
+    let mut armed = false;
     let ending = {
         // As in the echo engine: the shutdown wait registers once, then only its channel's
         // version is looked at.
@@ -426,6 +737,48 @@ pub async fn relay(
             }
             if let Poll::Ready(end) = relay.poll_relay(cx) {
                 return Poll::Ready(end);
+            }
+            // As in the echo engine: the timer is polled to register, then only once it has
+            // fired, and unconstrained so a spent task budget cannot leave it unregistered.
+            if !armed || timer.is_elapsed() {
+                armed = true;
+                while grace.is_none()
+                    && Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
+                        .poll(cx)
+                        .is_ready()
+                {
+                    let now = Instant::now();
+                    let (c, u) = (
+                        std::mem::take(&mut relay.client_active),
+                        std::mem::take(&mut relay.upstream_active),
+                    );
+                    if let Some(end) = client_watch.look(now, c, &relay.to_client, &limits, true) {
+                        return Poll::Ready(end);
+                    }
+                    if let Some(end) =
+                        upstream_watch.look(now, u, &relay.to_upstream, &limits, false)
+                    {
+                        return Poll::Ready(end);
+                    }
+                    if now >= next_ping {
+                        // Keep-alive pings toward a side that was quiet; its pong passes on to the
+                        // other side, which RFC 6455 §5.5.3 allows (an unsolicited pong).
+                        if !c {
+                            relay.send_control(true, OpCode::Ping, b"");
+                        }
+                        if !u {
+                            relay.send_control(false, OpCode::Ping, b"");
+                        }
+                        if let Some(end) = relay.flush(cx) {
+                            return Poll::Ready(end);
+                        }
+                        next_ping = now + ping_every;
+                    }
+                    let wake = next_ping
+                        .min(client_watch.deadline(&limits))
+                        .min(upstream_watch.deadline(&limits));
+                    timer.as_mut().reset(wake);
+                }
             }
             if grace.is_none() && (relay.up.closed || relay.down.closed) {
                 grace = Some(Box::pin(sleep(CLOSE_GRACE)));
@@ -466,6 +819,28 @@ pub async fn relay(
                 1011,
                 &format!("the upstream broke the protocol: {why}"),
             );
+        }
+        Ending::Idle { client: true } => {
+            tracing::debug!(idle_timeout = ?limits.idle_timeout, "proxied client idle: closing both sides");
+            relay.send_close(true, 1000, "idle timeout");
+            relay.send_close(false, 1001, "the client went away (idle timeout)");
+        }
+        Ending::Idle { client: false } => {
+            tracing::info!(idle_timeout = ?limits.idle_timeout, "upstream sent nothing, not even a pong: closing both sides");
+            relay.send_close(false, 1001, "idle timeout");
+            relay.send_close(true, 1011, "the upstream stopped answering");
+        }
+        Ending::Stalled { client: true } => {
+            relay.metrics.slow_closes.inc();
+            tracing::info!(queued = relay.to_client.bytes, send_timeout = ?limits.send_timeout, "proxied client stopped reading: closing both sides with 1013/1001");
+            relay.send_close(true, 1013, "too slow: the client stopped reading");
+            relay.send_close(false, 1001, "the client stopped reading");
+        }
+        Ending::Stalled { client: false } => {
+            relay.metrics.slow_closes.inc();
+            tracing::info!(queued = relay.to_upstream.bytes, send_timeout = ?limits.send_timeout, "upstream stopped reading: closing both sides with 1001/1011");
+            relay.send_close(false, 1001, "too slow: the upstream stopped reading");
+            relay.send_close(true, 1011, "the upstream stopped reading");
         }
     }
     relay.drain().await;
@@ -574,16 +949,62 @@ mod tests {
     }
 
     #[test]
-    fn our_close_frames_toward_the_upstream_are_masked() {
-        let f = close_frame(1001, "bye", true);
-        assert_eq!(&f[..2], &[0x88, 0x80 | 5]);
-        let mask = [f[2], f[3], f[4], f[5]];
-        let payload: Vec<u8> = f[6..]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask[i % 4])
-            .collect();
-        assert_eq!(payload, [&1001u16.to_be_bytes()[..], b"bye"].concat());
-        assert_eq!(&close_frame(1000, "", false)[..], &[0x88, 0x02, 0x03, 0xE8]);
+    fn utf8_is_checked_across_pieces() {
+        let text = "aé€😀z".as_bytes();
+        for cut in 0..text.len() {
+            let mut u = Utf8::default();
+            assert!(u.feed(&text[..cut]).is_ok() && u.feed(&text[cut..]).is_ok());
+            assert!(u.finish().is_ok(), "cut at {cut}");
+        }
+        let mut u = Utf8::default();
+        assert!(u.feed(&"€".as_bytes()[..2]).is_ok());
+        assert!(u.finish().is_err(), "a message ending inside a character");
+        let mut u = Utf8::default();
+        assert!(u.feed(&[0xE2]).is_ok());
+        assert!(u.feed(&[0x28]).is_err(), "a bad continuation byte");
+        assert!(Utf8::default().feed(b"ok\xff").is_err());
+    }
+
+    #[test]
+    fn invalid_text_and_close_payloads_are_held_back_and_told() {
+        let good = client_frame(0x81, "héllo".as_bytes());
+        for (bad, code) in [
+            (client_frame(0x81, b"bad \xff text"), 1007),
+            (client_frame(0x88, &[0x03]), 1002), // a 1-byte close payload
+            (client_frame(0x88, &[0x03, 0xED]), 1002), // 1005 may not be sent
+            (client_frame(0x88, &[0x03, 0xE8, 0xFF]), 1007), // a reason that is not UTF-8
+        ] {
+            for chunk in [1usize << 20, good.len()] {
+                let mut f = Frames::new(true, 1 << 20);
+                let stream = [good.clone(), bad.clone()].concat();
+                let (passed, _, _, error) = feed(&mut f, &stream, chunk);
+                assert_eq!(passed, good, "the bad frame is held back");
+                assert_eq!(error, Some(code));
+                assert!(f.at_boundary() && !f.closed, "a close of ours may follow");
+            }
+            // Split over reads: the error is still found.
+            let mut f = Frames::new(true, 1 << 20);
+            assert_eq!(feed(&mut f, &bad, 3).3, Some(code));
+        }
+        // A text message split into fragments with a character cut between them is fine; one
+        // that ends inside a character is not.
+        let euro = "€".as_bytes();
+        let mut f = Frames::new(true, 1 << 20);
+        let stream = [
+            client_frame(0x01, &euro[..1]),
+            client_frame(0x89, b"ping"),
+            client_frame(0x80, &euro[1..]),
+        ]
+        .concat();
+        assert_eq!(feed(&mut f, &stream, 5).3, None);
+        let mut f = Frames::new(true, 1 << 20);
+        let stream = [client_frame(0x01, &euro[..1]), client_frame(0x80, b"")].concat();
+        assert_eq!(feed(&mut f, &stream, 100).3, Some(1007));
+        // Upstream (unmasked) text is held to the same rule.
+        let mut f = Frames::new(false, usize::MAX);
+        assert_eq!(feed(&mut f, &[0x81, 0x01, 0xFF], 100).3, Some(1007));
+        // Binary is never checked.
+        let mut f = Frames::new(true, 1 << 20);
+        assert_eq!(feed(&mut f, &client_frame(0x82, &[0xFF; 10]), 4).3, None);
     }
 }

@@ -58,6 +58,8 @@ struct Shared {
     next_conn: AtomicU64,
     global: wsgate_admission::Global,
     limits: Arc<wsgate_admission::limits::Limits>,
+    /// Connections per address still before their first request head.
+    in_progress: Arc<wsgate_admission::limits::InProgress>,
     log_limiter: refusal::LogLimiter,
     external_cache: wsgate_admission::external::DecisionCache,
     external_tls: Option<TlsConnector>,
@@ -198,6 +200,8 @@ impl Server {
                 .map(wsgate_admission::firewall::Bans::new),
         };
         let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
+        let in_progress =
+            wsgate_admission::limits::InProgress::new(config.limits.max_handshakes_per_client);
         let external_tls = if config.routes.iter().any(|r| {
             r.policies
                 .iter()
@@ -225,6 +229,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 global,
                 limits,
+                in_progress,
                 log_limiter,
                 external_cache: Default::default(),
                 external_tls,
@@ -323,11 +328,16 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
         tokio::spawn(async move {
             let timeout = shared.config.limits.handshake_timeout;
             let mut peer = tcp_peer;
+            // Whether `peer` is the client itself (not a proxy in front of many clients).
+            let mut stated = false;
             if proxy_protocol {
                 match tokio::time::timeout(timeout, crate::proxyproto::read_header(&mut stream))
                     .await
                 {
-                    Ok(Ok(Some(src))) if shared.global.is_trusted(tcp_peer.ip()) => peer = src,
+                    Ok(Ok(Some(src))) if shared.global.is_trusted(tcp_peer.ip()) => {
+                        peer = src;
+                        stated = true;
+                    }
                     Ok(Ok(Some(src))) => tracing::info!(
                         peer = %tcp_peer,
                         stated = %src,
@@ -344,6 +354,20 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
                     }
                 }
             }
+            // A trusted proxy's connections carry many clients, told apart only by the headers
+            // still to come: they are not counted against one address.
+            let pending = if !stated && shared.global.is_trusted(tcp_peer.ip()) {
+                None
+            } else {
+                match shared.in_progress.enter(peer.ip()) {
+                    Ok(p) => Some(p),
+                    Err(r) => {
+                        refuse_early(&shared, &r, peer, explain, tls.is_none().then_some(&stream));
+                        return;
+                    }
+                }
+            };
+            let pending = std::sync::Mutex::new(pending);
             let ctx = |client_cert| {
                 Arc::new(ConnCtx {
                     shared: shared.clone(),
@@ -353,6 +377,7 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
                     listener: index,
                     client_cert,
                     track,
+                    pending,
                 })
             };
             match &tls {
@@ -397,6 +422,43 @@ struct ConnCtx {
     client_cert: Option<wsgate_admission::ClientCert>,
     /// Held while the connection (and any WebSocket it becomes) lives, for the drain.
     track: mpsc::Sender<()>,
+    /// Counts this connection as a handshake in progress until its first request head arrives.
+    pending: std::sync::Mutex<Option<wsgate_admission::limits::Pending>>,
+}
+
+/// Refuses a connection before any request head was read: counted, logged (within the storm
+/// limit) and, on a plain listener, answered with the refusal as raw bytes; a TLS connection is
+/// just closed, since answering would cost the handshake the limit protects.
+fn refuse_early(
+    shared: &Shared,
+    refusal: &Refusal,
+    peer: SocketAddr,
+    explain: Explain,
+    plain: Option<&TcpStream>,
+) {
+    let request_id = ids::request_id();
+    shared.metrics.refused(refusal.reason);
+    if let Some(suppressed_before) =
+        shared
+            .log_limiter
+            .admit(refusal.reason.code(), peer.ip(), "-", Instant::now())
+    {
+        tracing::info!(
+            target: "wsgate::refusal",
+            suppressed_before,
+            request_id = %request_id,
+            peer = %peer,
+            client = %peer.ip(),
+            code = refusal.reason.code(),
+            status = refusal.reason.status(),
+            detail = %refusal.detail,
+            "connection refused before its handshake"
+        );
+    }
+    if let Some(stream) = plain {
+        // One small write into an empty socket buffer; whatever does not fit is dropped.
+        let _ = stream.try_write(&refusal::raw_response(refusal.reason, &request_id, explain));
+    }
 }
 
 async fn serve_http<I>(io: I, ctx: Arc<ConnCtx>)
@@ -439,7 +501,7 @@ enum Work {
 /// A `proxy` route's connection: the upstream is already connected.
 struct ProxyWork {
     up: proxy::UpstreamConn,
-    max_frame: usize,
+    limits: relay::RelayLimits,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 }
@@ -472,6 +534,8 @@ async fn handle(
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // The request head has arrived: this connection no longer counts as a handshake in progress.
+    drop(ctx.pending.lock().unwrap_or_else(|p| p.into_inner()).take());
     let shared = &ctx.shared;
     let request_id = ids::request_id();
     let path = req.uri().path().to_owned();
@@ -669,6 +733,8 @@ async fn handle(
         max_frame: shared.config.limits.max_frame_bytes,
         ping_interval: shared.config.limits.ping_interval,
         idle_timeout: shared.config.limits.idle_timeout,
+        max_output: shared.config.limits.max_output_bytes,
+        send_timeout: shared.config.limits.send_timeout,
     };
     let local = match route.kind {
         RouteKind::Echo => Some(Local::Echo),
@@ -694,7 +760,13 @@ async fn handle(
         })),
         (None, Some(up)) => Work::Proxy(Box::new(ProxyWork {
             up,
-            max_frame: limits.max_frame,
+            limits: relay::RelayLimits {
+                max_frame: limits.max_frame,
+                max_output: limits.max_output,
+                ping_interval: limits.ping_interval,
+                idle_timeout: limits.idle_timeout,
+                send_timeout: limits.send_timeout,
+            },
             metrics,
             shutdown,
         })),
@@ -719,13 +791,13 @@ async fn handle(
             Work::Proxy(w) => {
                 let ProxyWork {
                     up,
-                    max_frame,
+                    limits,
                     metrics,
                     shutdown,
                 } = *w;
                 // Boxed: the relay's state is large and would otherwise size every
                 // connection's task, echo and channel ones included.
-                Box::pin(relay::relay(upgraded, up.io, max_frame, metrics, shutdown)).await
+                Box::pin(relay::relay(upgraded, up.io, limits, metrics, shutdown)).await
             }
             Work::Nothing => {}
         }

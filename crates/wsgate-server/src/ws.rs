@@ -39,9 +39,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Payloads at least this large are written straight from the read buffer (vectored) instead
 /// of being copied into the batch of small answers.
 const LARGE_PAYLOAD: usize = 2048;
-/// Queued output above which the connection stops reading (and stops taking broadcasts) until
-/// the peer catches up: backpressure instead of unbounded memory.
-pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// Reads per wake-up before yielding to other connections.
 const READS_PER_POLL: usize = 16;
 
@@ -72,6 +69,11 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Silence after which the connection is closed.
     pub idle_timeout: Duration,
+    /// Queued output above which the connection stops reading (and stops taking broadcasts)
+    /// until the peer catches up: backpressure instead of unbounded memory.
+    pub max_output: usize,
+    /// Queued output that makes no progress for this long closes the connection (1013).
+    pub send_timeout: Duration,
 }
 
 /// What an echo or channel connection does with the messages it receives.
@@ -289,6 +291,9 @@ pub(crate) struct OutQueue {
     bufs: VecDeque<Bytes>,
     /// Bytes waiting.
     pub(crate) bytes: usize,
+    /// Bytes written from the queue so far: the timers compare it to see a peer that stopped
+    /// reading (a counter, not a clock read per write).
+    pub(crate) flushed: u64,
 }
 
 impl OutQueue {
@@ -368,6 +373,7 @@ impl OutQueue {
                 Poll::Ready(Ok(w)) => w,
             };
             self.bytes -= written;
+            self.flushed += written as u64;
             let mut left = written;
             while left > 0 {
                 let Some(front) = self.bufs.front_mut() else {
@@ -415,6 +421,8 @@ struct Conn<IO> {
     conn_id: u64,
     /// Largest frame accepted (the message limit lives in `asm`).
     max_frame: usize,
+    /// Queued output above which reading stops.
+    max_output: usize,
     /// We sent a close and only wait for the peer's.
     closing: bool,
     /// Whether the peer sent anything since the timer last fired: a flag, not a clock read
@@ -673,7 +681,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 if let Poll::Ready(Err(())) = self.out.poll_flush(&mut self.io, cx) {
                     return Poll::Ready(End::Gone);
                 }
-                if self.out.bytes > HIGH_WATER {
+                if self.out.bytes > self.max_output {
                     // The socket's write readiness wakes us; no reading until then.
                     return Poll::Pending;
                 }
@@ -697,7 +705,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Writes the broadcasts waiting for this member.
     fn poll_inbox(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
-            if self.out.bytes > HIGH_WATER {
+            if self.out.bytes > self.max_output {
                 return Poll::Pending;
             }
             let Some(ch) = self.channel.as_mut() else {
@@ -794,6 +802,7 @@ where
         channel,
         conn_id,
         max_frame: limits.max_frame,
+        max_output: limits.max_output,
         closing: false,
         active: false,
         counts: Counts::default(),
@@ -804,8 +813,11 @@ where
         let ping_every = limits.ping_interval.max(Duration::from_millis(10));
         let idle = limits.idle_timeout.max(Duration::from_millis(10));
         let mut next_ping = now + ping_every;
-        // One timer for pings and the idle timeout, moved only when it fires (not per message).
+        // One timer for pings, the idle timeout and the send timeout, moved only when it fires
+        // (not per message).
         let mut last_active = now;
+        // While output waits: when it was last seen to move, and how far it had got then.
+        let mut stall: Option<(Instant, u64)> = None;
         let timer = sleep_until(next_ping.min(now + idle));
         // The timer is polled to register (at first, and after each reset) and then only once it
         // has fired: polling it on every wake-up re-registered the same waker (~4 % of a small
@@ -849,6 +861,23 @@ where
                     // most one timer period late, never early.
                     last_active = now;
                 }
+                // A peer that stopped reading: its output has not moved since the last look.
+                stall = match stall {
+                    _ if conn.out.is_empty() => None,
+                    Some((since, flushed)) if flushed == conn.out.flushed => {
+                        if now >= since + limits.send_timeout {
+                            return Poll::Ready(End::Close(
+                                1013,
+                                format!(
+                                    "too slow: the peer read nothing of {} queued bytes for {:?}",
+                                    conn.out.bytes, limits.send_timeout
+                                ),
+                            ));
+                        }
+                        Some((since, flushed))
+                    }
+                    _ => Some((now, conn.out.flushed)),
+                };
                 if now >= last_active + idle {
                     return Poll::Ready(End::Close(1000, "idle timeout".into()));
                 }
@@ -858,7 +887,11 @@ where
                     }
                     next_ping = now + ping_every;
                 }
-                timer.as_mut().reset(next_ping.min(last_active + idle));
+                let mut wake = next_ping.min(last_active + idle);
+                if let Some((since, _)) = stall {
+                    wake = wake.min(since + limits.send_timeout);
+                }
+                timer.as_mut().reset(wake);
             }
             Poll::Pending
         })
@@ -876,7 +909,13 @@ where
             let _ = Box::pin(timeout(CLOSE_GRACE, flush)).await;
         }
         End::Fail(code, reason) => Box::pin(conn.close(code, &reason, false)).await,
-        End::Close(code, reason) => Box::pin(conn.close(code, &reason, true)).await,
+        End::Close(code, reason) => {
+            if code == 1013 {
+                conn.metrics.slow_closes.inc();
+                tracing::info!(conn = conn.conn_id, %reason, "closing a connection whose peer fell behind (1013)");
+            }
+            Box::pin(conn.close(code, &reason, true)).await
+        }
     }
 }
 
@@ -990,6 +1029,8 @@ mod tests {
             max_frame: 1 << 20,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            max_output: 256 * 1024,
+            send_timeout: Duration::from_secs(30),
         };
         let metrics = Arc::new(Metrics::default());
         let params = Box::new(Params {
