@@ -31,3 +31,18 @@ def test_benchmark_smoke_run(tmp_path):
     assert {r["server"] for r in doc["callgrind"]} == servers
     assert all(r["instructions_per_message"] > 0 for r in doc["callgrind"])
     assert "### Ratios (same run)" in (tmp_path / "results.md").read_text()
+
+
+def test_soak_smoke_run(tmp_path):
+    """2,000 connections over echo, channel and proxy routes for 20 s with churn: the soak exits 0
+    only when its figures are flat, nothing failed and no descriptor was left behind."""
+    require_tool(BENCH, "build it with `cargo build -p wsgate-bench`")
+    wsgate = os.environ.get("WSGATE_BIN", str(ROOT / "target" / "debug" / "wsgate"))
+    out = subprocess.run([BENCH, "soak", "--smoke", "--wsgate", wsgate, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads((tmp_path / "soak.json").read_text())
+    assert doc["connections"] == 2000 and doc["failed"] == 0
+    assert doc["fds_after"] == doc["baseline"]["fds"], "no descriptor left behind"
+    assert doc["start"]["tasks"] > 2000 and doc["round_trips"] > 0 and doc["deliveries"] > 0
+    assert "| open descriptors once every client left |" in (tmp_path / "soak.md").read_text()

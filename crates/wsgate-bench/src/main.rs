@@ -4,6 +4,7 @@
 
 mod baseline;
 mod load;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -54,6 +55,32 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Hold many connections across echo, channel and proxy routes with churn, and report
+    /// whether memory, descriptors, tasks and p99 stay flat (exits 1 if a connection failed, a
+    /// descriptor is left behind, or memory, descriptors or tasks are not flat).
+    Soak {
+        /// Connections held at once.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds under load (after the warm-up).
+        #[arg(long, default_value_t = 300.0)]
+        seconds: f64,
+        /// Share of the connections replaced every second.
+        #[arg(long, default_value_t = 0.01)]
+        churn: f64,
+        /// Share of echo and proxy connections that send a message every second.
+        #[arg(long, default_value_t = 0.1)]
+        senders: f64,
+        /// CI's version: 2,000 connections for 20 s.
+        #[arg(long)]
+        smoke: bool,
+        /// The wsgate binary (default: next to this one).
+        #[arg(long)]
+        wsgate: Option<PathBuf>,
+        /// Write soak.json and soak.md here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,7 +90,7 @@ fn main() -> ExitCode {
     // second worker competes with it there and no wake-up crosses threads.
     let rt = match cli.command {
         Cmd::Baseline { .. } => tokio::runtime::Builder::new_multi_thread(),
-        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Run { .. } | Cmd::Soak { .. } => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
     .build();
@@ -144,7 +171,155 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Soak {
+            connections,
+            seconds,
+            churn,
+            senders,
+            smoke,
+            wsgate,
+            out,
+        } => {
+            let plan = soak::SoakPlan {
+                connections: if smoke { 2_000 } else { connections.max(10) },
+                seconds: if smoke { 20.0 } else { seconds.max(5.0) },
+                churn: churn.clamp(0.0, 0.5),
+                senders: senders.clamp(0.0, 1.0),
+                warmup: if smoke { 2.0 } else { 10.0 },
+            };
+            match rt.block_on(soak_mode(plan, wsgate, out)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("wsgate-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// The soak's server: echo, channel and proxy routes (the proxy in front of this binary's
+/// fastwebsockets echo), with the admin listener on for the task count.
+async fn soak_mode(
+    plan: soak::SoakPlan,
+    wsgate: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> Result<bool, String> {
+    let wsgate = match wsgate {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("wsgate"),
+    };
+    if let Some(limit) = open_files_limit() {
+        let need = plan.connections as u64 * 2 + 256;
+        if limit < need {
+            return Err(format!(
+                "the open-files limit is {limit}; {} connections need about {need} (raise `ulimit -n`)",
+                plan.connections
+            ));
+        }
+    }
+    let upstream = start_with("fastwebsockets", &wsgate, Launch::Unpinned, String::new())?;
+    let dir = tempdir::Dir::new("soak")?;
+    let cfg = dir.0.join("soak.toml");
+    let config = format!(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+max_connections = {}
+ping_interval = "20s"
+idle_timeout = "60s"
+[logging]
+level = "warn"
+[[route]]
+path = "/ws/echo"
+kind = "echo"
+[[route]]
+path = "/ws/chat/{{room}}"
+kind = "channel"
+[[route]]
+path = "/ws/proxy"
+kind = "proxy"
+upstream = "ws://{}/"
+connect_timeout = "10s"
+"#,
+        plan.connections * 2,
+        upstream.addr
+    );
+    std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&wsgate)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", wsgate.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(rest) = l.strip_prefix("listening ws://") {
+                    addr = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+                if let Some(rest) = l.strip_prefix("admin http://") {
+                    admin = rest
+                        .split('/')
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                return Err("wsgate did not start".into());
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server {
+        name: "wsgate",
+        child,
+        addr: addr.ok_or("no address")?,
+        _config: Some(dir),
+    };
+    let (Some(addr), Some(admin)) = (addr, admin) else {
+        return Err("wsgate printed no address".into());
+    };
+    eprintln!(
+        "soak: {} connections for {:.0} s against wsgate at {addr} (churn {:.1} %/s)",
+        plan.connections,
+        plan.seconds,
+        plan.churn * 100.0
+    );
+    let report = soak::soak(plan, addr, pid(&server), admin, |m| eprintln!("soak: {m}")).await?;
+    let md = report.markdown(&soak::TOLERANCE);
+    println!("{md}");
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("soak.md"), &md).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("soak.json"), json).map_err(|e| e.to_string())?;
+    }
+    // Latency is reported, not judged: a shared machine's noise must not fail a run.
+    let flat = report
+        .verdicts(&soak::TOLERANCE)
+        .iter()
+        .filter(|v| v.0 != "round-trip p99")
+        .all(|v| v.3);
+    let ok = report.nothing_left_behind() && flat && report.failed == 0;
+    if !ok {
+        eprintln!("soak: NOT flat, or something was left behind or failed: see the table");
+    }
+    drop(upstream);
+    Ok(ok)
 }
 
 /// One echo measurement (or the medians of several).
@@ -333,6 +508,8 @@ fn start(name: &'static str, wsgate: &PathBuf) -> Result<Server, String> {
 enum Launch {
     /// Pinned to this core.
     Pinned(usize),
+    /// On any core.
+    Unpinned,
     /// Under `valgrind --tool=callgrind`, writing to this file.
     Callgrind(PathBuf),
 }
@@ -347,6 +524,7 @@ fn start_with(
     let program = if name == "wsgate" { wsgate } else { &me };
     let pinned = |program: &PathBuf| match &launch {
         Launch::Pinned(core) => pinned(*core, program),
+        Launch::Unpinned => Command::new(program),
         Launch::Callgrind(out) => {
             let mut c = Command::new("valgrind");
             c.arg("--tool=callgrind")

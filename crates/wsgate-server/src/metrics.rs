@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Connections closed because a peer stopped reading (send timeout) or fell too far behind
     /// its room: how often slow consumers are cut off.
     pub slow_closes: Counter,
+    /// Tasks alive in the server's runtime, read when the metrics are scraped: it follows the
+    /// connection count, so growth with a steady count is a leak (the soak watches it).
+    runtime_tasks: Gauge,
     cert_expiry: Family<ListenerLabel, Gauge<f64, AtomicU64>>,
     cert_not_after: Mutex<Vec<(String, SystemTime)>>,
 }
@@ -60,6 +63,7 @@ impl Metrics {
             handshake_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             tls_failures: Counter::default(),
             slow_closes: Counter::default(),
+            runtime_tasks: Gauge::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
             registry: Registry::default(),
@@ -110,6 +114,11 @@ impl Metrics {
             m.tls_failures.clone(),
         );
         registry.register(
+            "runtime_tasks",
+            "Tasks alive in the server's runtime (about one per connection, plus listeners)",
+            m.runtime_tasks.clone(),
+        );
+        registry.register(
             "slow_peer_closes",
             "Connections closed because a peer stopped reading or fell too far behind (1013)",
             m.slow_closes.clone(),
@@ -141,6 +150,10 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition, updating time-derived gauges first.
     pub fn render(&self) -> String {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(i64::try_from(h.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         if let Ok(v) = self.cert_not_after.lock() {
             let now = SystemTime::now();
             for (listener, not_after) in v.iter() {
