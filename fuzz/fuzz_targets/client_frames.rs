@@ -28,14 +28,14 @@ fuzz_target!(|data: &[u8]| {
             local: Local::Echo,
             conn_id: 1,
             // Small limits, so fuzzed lengths reach them.
-            limits: Limits {
+            limits: Arc::new(Limits {
                 max_message: 4096,
                 max_frame: 2048,
                 ping_interval: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(90),
                 max_output: 64 * 1024,
                 send_timeout: Duration::from_secs(30),
-            },
+            }),
             metrics: metrics(),
             shutdown: stop_rx,
         });

@@ -6,6 +6,8 @@
 //! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
 //! [`Policy::admit`].
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod authz;
 pub mod external;

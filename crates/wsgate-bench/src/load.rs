@@ -230,22 +230,7 @@ async fn echo_loop(
 
 /// One masked binary client frame of `size` bytes of 0x5A.
 fn client_frame(size: usize, mask: [u8; 4]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(size + 14);
-    f.push(0x82);
-    match size {
-        0..=125 => f.push(0x80 | size as u8),
-        126..=0xFFFF => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(size as u16).to_be_bytes());
-        }
-        _ => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(size as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend((0..size).map(|i| 0x5A ^ mask[i % 4]));
-    f
+    wsgate_handshake::frame::client_frame(WireOp::Binary, &vec![0x5A; size], mask)
 }
 
 /// Counts the complete binary frames in a server's byte stream, skipping payloads in place.

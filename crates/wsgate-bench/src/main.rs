@@ -2,6 +2,8 @@
 //! and reports medians and ratios (never absolute targets). `run --smoke` is the few-second
 //! version CI runs so the harness never rots; `run` is the full one, by hand.
 
+#![forbid(unsafe_code)]
+
 mod baseline;
 mod load;
 mod soak;
@@ -213,7 +215,8 @@ async fn soak_mode(
             .with_file_name("wsgate"),
     };
     if let Some(limit) = open_files_limit() {
-        let need = plan.connections as u64 * 2 + 256;
+        // One descriptor per client here; the server holds as many plus a fifth for upstreams.
+        let need = plan.connections as u64 * 6 / 5 + 256;
         if limit < need {
             return Err(format!(
                 "the open-files limit is {limit}; {} connections need about {need} (raise `ulimit -n`)",
@@ -247,7 +250,7 @@ kind = "proxy"
 upstream = "ws://{}/"
 connect_timeout = "10s"
 "#,
-        plan.connections * 2,
+        plan.connections * 3 / 2,
         upstream.addr
     );
     std::fs::write(&cfg, config).map_err(|e| e.to_string())?;

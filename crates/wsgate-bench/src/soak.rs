@@ -74,6 +74,9 @@ pub struct SoakReport {
     pub round_trips: u64,
     /// Channel messages received by members.
     pub deliveries: u64,
+    /// RSS sampled through the run (seconds since the warm-up ended, bytes): a plateau is
+    /// allocator caches filling, a steady climb a leak.
+    pub rss_trend: Vec<(u64, u64)>,
 }
 
 /// What one connection does.
@@ -384,6 +387,8 @@ pub async fn soak(
     let mut end_window_open = false;
     let mut generation = 1;
     let mut second = 0u64;
+    let mut rss_trend = Vec::new();
+    let sample_every = ((plan.seconds / 10.0).round() as u64).max(1);
     loop {
         let elapsed = started.elapsed().as_secs_f64();
         if elapsed >= total {
@@ -403,24 +408,32 @@ pub async fn soak(
             shared.open_window();
             end_window_open = true;
         }
-        // Churn: replace a share of the connections, half cleanly, half vanishing.
-        for k in 0..per_second {
-            let i = rng.next(slots.len());
-            let old = std::mem::replace(
-                &mut slots[i],
-                spawn(i, &plan, addr, &shared, origin, generation),
-            );
-            generation += 1;
-            match (k % 2, old.stop) {
-                (0, Some(stop)) => {
-                    let _ = stop.send(());
+        let warm = plan.warmup.ceil() as u64;
+        if second >= warm && (second - warm) % sample_every == 0 {
+            rss_trend.push((second - warm, crate::rss_bytes(pid)));
+        }
+        // Churn: replace a share of the connections, half cleanly, half vanishing, spread
+        // over the second in ten steps (a burst at the top of each second would be what the
+        // round trips measure).
+        for step in 0..10 {
+            for k in per_second * step / 10..per_second * (step + 1) / 10 {
+                let i = rng.next(slots.len());
+                let new = spawn(i, &plan, addr, &shared, origin, generation);
+                let old = std::mem::replace(&mut slots[i], new);
+                generation += 1;
+                match (k % 2, old.stop) {
+                    (0, Some(stop)) => {
+                        let _ = stop.send(());
+                    }
+                    _ => old.task.abort(),
                 }
-                _ => old.task.abort(),
             }
+            let next = started
+                + Duration::from_secs(second)
+                + Duration::from_millis(100 * (step as u64 + 1));
+            tokio::time::sleep_until(next.into()).await;
         }
         second += 1;
-        let next = started + Duration::from_secs(second);
-        tokio::time::sleep_until(next.into()).await;
     }
     let p99 = shared.close_window();
     let end = figures(pid, admin, p99).await;
@@ -447,6 +460,7 @@ pub async fn soak(
         failed: shared.failed.load(Ordering::Relaxed),
         round_trips: shared.round_trips.load(Ordering::Relaxed),
         deliveries: shared.deliveries.load(Ordering::Relaxed),
+        rss_trend,
     })
 }
 
@@ -532,6 +546,15 @@ impl SoakReport {
             } else {
                 "NO"
             }
+        ));
+        let trend: Vec<String> = self
+            .rss_trend
+            .iter()
+            .map(|(t, b)| format!("{t} s: {:.1}", *b as f64 / (1 << 20) as f64))
+            .collect();
+        md.push_str(&format!(
+            "\nRSS through the run (MiB): {}.\n",
+            trend.join(", ")
         ));
         md.push_str(&format!(
             "\n{} round trips timed, {} channel deliveries. Flat means: RSS within +{:.0} % + {} MiB, descriptors \

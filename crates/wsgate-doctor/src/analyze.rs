@@ -4,23 +4,9 @@
 use crate::probe::{self, Outcome, Request, Response, Target};
 use crate::tls::Tls;
 use crate::{Diagnosis, Experiment, Fix, Options, Reason, ServerInfo, Side, TokenVia};
-use ring::rand::{SecureRandom, SystemRandom};
 
 /// Variations sent at most per diagnosis.
 pub const MAX_EXPERIMENTS: usize = 8;
-
-/// 16 random bytes (keys and masks).
-pub fn random16() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    if SystemRandom::new().fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = t.to_le_bytes();
-    }
-    b
-}
 
 /// Runs the walk and, if needed, the experiments; returns the diagnosis.
 pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {

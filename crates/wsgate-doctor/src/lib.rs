@@ -5,6 +5,8 @@
 //! ([`probe`]) is separate from reading the evidence ([`analyze`]), so the rules that name a
 //! cause are plain functions over recorded responses.
 
+#![forbid(unsafe_code)]
+
 pub mod analyze;
 pub mod print;
 pub mod probe;

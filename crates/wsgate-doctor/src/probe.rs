@@ -6,6 +6,7 @@ use crate::tls::{classify, describe_chain, Tls};
 use crate::{Options, Reason, Step, TokenVia};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use ring::rand::{SecureRandom, SystemRandom};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -439,7 +440,7 @@ pub async fn attempt(
 
     // HTTP Upgrade
     let clock = Clock(Instant::now());
-    let key = B64.encode(crate::analyze::random16());
+    let key = B64.encode(random16());
     out.key = key.clone();
     out.sent = req.head(target, &key);
     if let Err(e) = io.write_all(out.sent.as_bytes()).await {
@@ -616,6 +617,19 @@ async fn read_chain(
     }
 }
 
+/// 16 random bytes (keys and masks); the probe is the layer that needs them.
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if SystemRandom::new().fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -686,7 +700,7 @@ async fn read_frame(
 }
 
 fn masked(op: OpCode, payload: &[u8]) -> Vec<u8> {
-    let r = crate::analyze::random16();
+    let r = random16();
     wsgate_handshake::frame::client_frame(op, payload, [r[0], r[1], r[2], r[3]])
 }
 

@@ -4,6 +4,8 @@
 //! client asked for, ready for the 101 answer) or a [`Refusal`] naming a catalog [`Reason`]. Keeping
 //! it free of I/O is what lets every rule be unit-tested and reused by the doctor.
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 
 use base64::engine::general_purpose::STANDARD as B64;

@@ -4,6 +4,8 @@
 //! meaning and the fixes for operator and client all come from one table below, so the server's
 //! responses, the doctor's diagnosis and `docs/refusals.md` can never disagree.
 
+#![forbid(unsafe_code)]
+
 /// Response header that carries the reason code of a refusal (omitted at `explain = "none"`).
 pub const REASON_HEADER: &str = "wsgate-reason";
 /// Response header that carries the request id, the key to find the refusal's log line.

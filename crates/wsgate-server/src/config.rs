@@ -827,7 +827,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, ConfigE
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = |k: &str| format!("route[{i}].{k}");
-        crate::routes::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
+        crate::pattern::Pattern::parse(&r.path).map_err(|m| err(key("path"), m))?;
         if routes.iter().any(|p: &Route| p.path == r.path) {
             return Err(err(
                 key("path"),
@@ -1154,7 +1154,7 @@ fn authz_policy(
     let channel = match (&z.channel, &z.channel_claim) {
         (None, None) => None,
         (Some(template), Some(claim)) => {
-            let names = crate::routes::Pattern::parse(path)
+            let names = crate::pattern::Pattern::parse(path)
                 .map(|p| p.params().iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap_or_default();
             let mut rest = template.as_str();

@@ -2,35 +2,39 @@
 //! limit a service usually starts with (1,024 under systemd) would cap the gateway at about a
 //! thousand clients while the hard limit allows far more; like Go's runtime and nginx's
 //! `worker_rlimit_nofile`, the server raises its soft limit to the hard one when it starts.
+//!
+//! Through rustix's safe wrappers of getrlimit/setrlimit, so the workspace needs no `unsafe`.
 
-/// The soft and hard limits on open files, when the system says.
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// The soft and hard limits on open files, when the system says (`u64::MAX` for unlimited).
 pub fn open_files() -> Option<(u64, u64)> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return None;
-    }
-    Some((rl.rlim_cur, rl.rlim_max))
+    let rl = getrlimit(Resource::Nofile);
+    Some((
+        rl.current.unwrap_or(u64::MAX),
+        rl.maximum.unwrap_or(u64::MAX),
+    ))
 }
 
 /// Raises the soft limit on open files to the hard limit; the limits before and after, or
 /// `None` when nothing changed (already equal, or the system refused).
 pub fn raise_open_files() -> Option<(u64, u64)> {
-    let (soft, hard) = open_files()?;
+    let rl = getrlimit(Resource::Nofile);
+    let (soft, hard) = (
+        rl.current.unwrap_or(u64::MAX),
+        rl.maximum.unwrap_or(u64::MAX),
+    );
     if soft >= hard {
         return None;
     }
-    let rl = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit only reads the struct it is given, which lives for the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
-        return None;
-    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: rl.maximum,
+            maximum: rl.maximum,
+        },
+    )
+    .ok()?;
     Some((soft, hard))
 }
 

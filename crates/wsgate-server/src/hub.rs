@@ -22,7 +22,7 @@ impl Broadcast {
     pub fn new(from: u64, opcode: OpCode, payload: &[u8]) -> Broadcast {
         Broadcast {
             from,
-            frame: crate::ws::frame_bytes(opcode, payload),
+            frame: crate::out::frame_bytes(opcode, payload),
             payload_len: payload.len(),
         }
     }

@@ -5,12 +5,16 @@
 //! channel routes ([`ws`], [`hub`]), upstream relaying ([`proxy`]), TLS ([`tls`]) and
 //! metrics ([`metrics`]).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod extcheck;
 pub mod fdlimit;
 pub mod hub;
 pub mod ids;
 pub mod metrics;
+pub mod out;
+pub mod pattern;
 pub mod proxy;
 pub mod proxyproto;
 pub mod refusal;

@@ -16,8 +16,8 @@
 //! and closes a side that stops reading for the send timeout.
 
 use crate::metrics::Metrics;
+use crate::out::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
 use crate::stream::Stream;
-use crate::ws::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use std::cell::RefCell;

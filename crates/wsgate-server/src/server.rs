@@ -65,6 +65,8 @@ struct Shared {
     external_tls: Option<TlsConnector>,
     shutdown: watch::Receiver<bool>,
     upstream_tls: Vec<Option<TlsConnector>>,
+    /// The limits every admitted connection runs with (one copy, shared).
+    conn_limits: Arc<ws::Limits>,
 }
 
 /// One bound public listener.
@@ -189,6 +191,14 @@ impl Server {
             message,
         })?;
         let upstream_tls = upstream_connectors(&config)?;
+        let conn_limits = Arc::new(ws::Limits {
+            max_message: config.limits.max_message_bytes,
+            max_frame: config.limits.max_frame_bytes,
+            ping_interval: config.limits.ping_interval,
+            idle_timeout: config.limits.idle_timeout,
+            max_output: config.limits.max_output_bytes,
+            send_timeout: config.limits.send_timeout,
+        });
         let (shutdown_tx, shutdown) = watch::channel(false);
         let global = wsgate_admission::Global {
             firewall: config.firewall.rules.clone(),
@@ -235,6 +245,7 @@ impl Server {
                 external_tls,
                 shutdown,
                 upstream_tls,
+                conn_limits,
             }),
             listeners,
             admin,
@@ -484,7 +495,7 @@ where
                 tracing::debug!(peer = %ctx.peer, error = %e, "HTTP connection ended with an error");
             }
         }
-        _ = ws::stopped(&mut shutdown) => {
+        _ = crate::out::stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -728,14 +739,7 @@ async fn handle(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let limits = ws::Limits {
-        max_message: shared.config.limits.max_message_bytes,
-        max_frame: shared.config.limits.max_frame_bytes,
-        ping_interval: shared.config.limits.ping_interval,
-        idle_timeout: shared.config.limits.idle_timeout,
-        max_output: shared.config.limits.max_output_bytes,
-        send_timeout: shared.config.limits.send_timeout,
-    };
+    let limits = shared.conn_limits.clone();
     let local = match route.kind {
         RouteKind::Echo => Some(Local::Echo),
         RouteKind::Channel => Some(Local::Channel {

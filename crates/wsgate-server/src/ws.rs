@@ -13,11 +13,10 @@
 
 use crate::hub::{Broadcast, Hub, Membership};
 use crate::metrics::Metrics;
+use crate::out::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,8 +29,6 @@ use wsgate_handshake::frame::{
     close_code_allowed, parse_client_frame, write_server_header, OpCode, Parsed, MAX_SERVER_HEADER,
 };
 
-/// How long a closing side waits for the peer's close frame before dropping the TCP connection.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Undelivered broadcasts a channel member may have queued before it counts as too slow.
 const MEMBER_QUEUE: usize = 256;
 /// Size of each worker thread's read buffer.
@@ -213,11 +210,6 @@ impl Partial {
     }
 }
 
-/// Completes once the server starts shutting down (at once if it already has).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 /// The answer to a client's close frame (RFC 6455 §5.5, §5.5.1, §7.4): `Ok` with the code to
 /// echo (none for an empty close), or the 1002/1007 to fail with when the frame is malformed.
 fn close_reply(payload: &[u8]) -> Result<Option<u16>, (u16, String)> {
@@ -237,40 +229,6 @@ fn close_reply(payload: &[u8]) -> Result<Option<u16>, (u16, String)> {
     }
 }
 
-/// Writes one slice with a plain write (`send`) and several with `writev`: on Linux the vectored
-/// call costs the kernel an iovec import and VFS checks that a single buffer does not need (perf:
-/// about 4 % of the CPU of a small-message echo went there).
-fn poll_write_slices<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    cx: &mut Context<'_>,
-    slices: &[IoSlice<'_>],
-) -> Poll<std::io::Result<usize>> {
-    match slices {
-        [one] => Pin::new(io).poll_write(cx, one),
-        _ => Pin::new(io).poll_write_vectored(cx, slices),
-    }
-}
-
-/// One complete, unmasked server frame in its own buffer: for queued output and broadcasts,
-/// which outlive the read they came from.
-pub fn frame_bytes(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut header = [0u8; MAX_SERVER_HEADER];
-    let n = write_server_header(&mut header, opcode, payload.len());
-    let mut b = BytesMut::with_capacity(n + payload.len());
-    b.extend_from_slice(&header[..n]);
-    b.extend_from_slice(payload);
-    b.freeze()
-}
-
-/// Close reasons are limited to 123 bytes (RFC 6455 §5.5); cut on a character boundary.
-pub fn truncate(reason: &str) -> &str {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
 /// Why a connection's main loop ended.
 enum End {
     /// The peer is gone (EOF, reset, write error): nothing more to send.
@@ -282,116 +240,6 @@ enum End {
     /// The peer broke the protocol (or already sent its close): send this close and drop the
     /// connection at once (RFC 6455 §7.1.7, "fail the WebSocket connection").
     Fail(u16, String),
-}
-
-/// Output waiting for the peer, owned only while the peer is not keeping up. Broadcast frames
-/// are queued by reference, never copied.
-#[derive(Default)]
-pub(crate) struct OutQueue {
-    bufs: VecDeque<Bytes>,
-    /// Bytes waiting.
-    pub(crate) bytes: usize,
-    /// Bytes written from the queue so far: the timers compare it to see a peer that stopped
-    /// reading (a counter, not a clock read per write).
-    pub(crate) flushed: u64,
-}
-
-impl OutQueue {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.bufs.is_empty()
-    }
-
-    pub(crate) fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.bytes += b.len();
-            self.bufs.push_back(b);
-        }
-    }
-
-    /// Writes `parts` in order (the queue must be empty); what the socket does not take is
-    /// queued. `Err` means the peer is gone.
-    pub(crate) fn write_now<IO: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-        parts: &[&[u8]],
-    ) -> Result<(), ()> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut done = 0;
-        while done < total {
-            let mut slices = [IoSlice::new(&[]); 3];
-            let mut n = 0;
-            let mut skip = done;
-            for p in parts {
-                // `<=`: empty parts (no batch before a large payload) are left out.
-                if p.len() <= skip {
-                    skip -= p.len();
-                    continue;
-                }
-                slices[n] = IoSlice::new(&p[skip..]);
-                skip = 0;
-                n += 1;
-            }
-            match poll_write_slices(io, cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
-                Poll::Ready(Ok(w)) => done += w,
-                Poll::Pending => break,
-            }
-        }
-        if done < total {
-            let mut rest = BytesMut::with_capacity(total - done);
-            let mut skip = done;
-            for p in parts {
-                if skip >= p.len() {
-                    skip -= p.len();
-                    continue;
-                }
-                rest.extend_from_slice(&p[skip..]);
-                skip = 0;
-            }
-            self.push(rest.freeze());
-        }
-        Ok(())
-    }
-
-    /// Writes until empty or the socket is full. `Ready(Err)` means the peer is gone.
-    pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut IO,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), ()>> {
-        while !self.bufs.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let mut n = 0;
-            for (slot, b) in slices.iter_mut().zip(self.bufs.iter()) {
-                *slot = IoSlice::new(b);
-                n += 1;
-            }
-            let written = match poll_write_slices(io, cx, &slices[..n]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Ready(Ok(w)) => w,
-            };
-            self.bytes -= written;
-            self.flushed += written as u64;
-            let mut left = written;
-            while left > 0 {
-                let Some(front) = self.bufs.front_mut() else {
-                    break;
-                };
-                if front.len() <= left {
-                    left -= front.len();
-                    self.bufs.pop_front();
-                } else {
-                    front.advance(left);
-                    left = 0;
-                }
-            }
-        }
-        // Give the queue's memory back: an idle connection owns no buffers.
-        self.bufs = VecDeque::new();
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// Messages and bytes counted during one wake-up, added to the shared counters once.
@@ -421,8 +269,8 @@ struct Conn<IO> {
     conn_id: u64,
     /// Largest frame accepted (the message limit lives in `asm`).
     max_frame: usize,
-    /// Queued output above which reading stops.
-    max_output: usize,
+    /// Queued output above which reading stops, the timers and the send timeout.
+    limits: Arc<Limits>,
     /// We sent a close and only wait for the peer's.
     closing: bool,
     /// Whether the peer sent anything since the timer last fired: a flag, not a clock read
@@ -681,7 +529,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 if let Poll::Ready(Err(())) = self.out.poll_flush(&mut self.io, cx) {
                     return Poll::Ready(End::Gone);
                 }
-                if self.out.bytes > self.max_output {
+                if self.out.bytes > self.limits.max_output {
                     // The socket's write readiness wakes us; no reading until then.
                     return Poll::Pending;
                 }
@@ -705,7 +553,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Writes the broadcasts waiting for this member.
     fn poll_inbox(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
-            if self.out.bytes > self.max_output {
+            if self.out.bytes > self.limits.max_output {
                 return Poll::Pending;
             }
             let Some(ch) = self.channel.as_mut() else {
@@ -758,8 +606,9 @@ pub struct Params {
     pub local: Local,
     /// Identifies the connection within its room.
     pub conn_id: u64,
-    /// Size limits and timers.
-    pub limits: Limits,
+    /// Size limits and timers, shared by every connection (a pointer, not a copy per
+    /// connection: idle connections must stay small).
+    pub limits: Arc<Limits>,
     /// Where messages and bytes are counted.
     pub metrics: Arc<Metrics>,
     /// Turns true when the server shuts down.
@@ -802,7 +651,7 @@ where
         channel,
         conn_id,
         max_frame: limits.max_frame,
-        max_output: limits.max_output,
+        limits,
         closing: false,
         active: false,
         counts: Counts::default(),
@@ -810,15 +659,15 @@ where
     };
     // In a block of its own, so the timer and the shutdown wait are gone while closing.
     let end = {
-        let ping_every = limits.ping_interval.max(Duration::from_millis(10));
-        let idle = limits.idle_timeout.max(Duration::from_millis(10));
-        let mut next_ping = now + ping_every;
+        let ping_every = |l: &Limits| l.ping_interval.max(Duration::from_millis(10));
+        let idle = |l: &Limits| l.idle_timeout.max(Duration::from_millis(10));
+        let mut next_ping = now + ping_every(&conn.limits);
         // One timer for pings, the idle timeout and the send timeout, moved only when it fires
         // (not per message).
         let mut last_active = now;
         // While output waits: when it was last seen to move, and how far it had got then.
         let mut stall: Option<(Instant, u64)> = None;
-        let timer = sleep_until(next_ping.min(now + idle));
+        let timer = sleep_until(next_ping.min(now + idle(&conn.limits)));
         // The timer is polled to register (at first, and after each reset) and then only once it
         // has fired: polling it on every wake-up re-registered the same waker (~4 % of a small
         // echo's instructions). Like the shutdown wait, this relies on the connection being
@@ -856,6 +705,8 @@ where
                 .is_ready()
             {
                 let now = Instant::now();
+                let send_timeout = conn.limits.send_timeout;
+                let (ping_every, idle) = (ping_every(&conn.limits), idle(&conn.limits));
                 if std::mem::take(&mut conn.active) {
                     // Activity since the last firing counts from now: the idle close comes at
                     // most one timer period late, never early.
@@ -865,12 +716,12 @@ where
                 stall = match stall {
                     _ if conn.out.is_empty() => None,
                     Some((since, flushed)) if flushed == conn.out.flushed => {
-                        if now >= since + limits.send_timeout {
+                        if now >= since + send_timeout {
                             return Poll::Ready(End::Close(
                                 1013,
                                 format!(
                                     "too slow: the peer read nothing of {} queued bytes for {:?}",
-                                    conn.out.bytes, limits.send_timeout
+                                    conn.out.bytes, send_timeout
                                 ),
                             ));
                         }
@@ -889,7 +740,7 @@ where
                 }
                 let mut wake = next_ping.min(last_active + idle);
                 if let Some((since, _)) = stall {
-                    wake = wake.min(since + limits.send_timeout);
+                    wake = wake.min(since + send_timeout);
                 }
                 timer.as_mut().reset(wake);
             }
@@ -1036,7 +887,7 @@ mod tests {
         let params = Box::new(Params {
             local: Local::Echo,
             conn_id: 1,
-            limits,
+            limits: Arc::new(limits),
             metrics,
             shutdown: rx,
         });

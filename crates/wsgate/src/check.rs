@@ -1,0 +1,190 @@
+//! `wsgate check`: validate a configuration (TLS files included) and print what it would do.
+
+use crate::{explain_name, fail, kind_name, load, ConfigArg};
+use std::process::ExitCode;
+use wsgate_server::config::RouteKind;
+use wsgate_server::preflight;
+
+pub(crate) fn check(args: ConfigArg) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let certs = match preflight(&config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    println!("{}: OK", config.source);
+    for (i, (l, cert)) in config.listeners.iter().zip(certs).enumerate() {
+        let scheme = if l.tls.is_some() { "wss" } else { "ws" };
+        print!(
+            "listener[{i}] {scheme}://{} explain={}",
+            l.address,
+            explain_name(l.explain)
+        );
+        if l.proxy_protocol {
+            print!(" proxy_protocol");
+        }
+        if let Some(t) = &l.tls {
+            if let Some(ca) = &t.client_ca {
+                print!(
+                    " client certificates {:?} from {}",
+                    t.client_auth,
+                    ca.display()
+                );
+            }
+        }
+        if let Some(c) = cert {
+            print!(
+                " certificate {} valid until {}{}",
+                c.subject,
+                wsgate_server::tls::httpdate(c.not_after),
+                if c.expires_soon {
+                    " (EXPIRES WITHIN 14 DAYS)"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!();
+    }
+    match config.admin {
+        Some(a) => println!("admin http://{a}/metrics"),
+        None => println!("admin off"),
+    }
+    let fw = &config.firewall;
+    if !fw.rules.is_empty() || !fw.trusted_proxies.is_empty() || fw.ban.is_some() {
+        let show = |v: &[wsgate_admission::firewall::Cidr]| {
+            v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+        };
+        print!(
+            "firewall allow={:?} deny={:?} trusted_proxies={:?} client_address_header={}",
+            show(&fw.rules.allow),
+            show(&fw.rules.deny),
+            show(&fw.trusted_proxies),
+            fw.client_address_header.as_str()
+        );
+        if let Some(b) = fw.ban {
+            print!(
+                " ban after {} refusals in {:?} for {:?}",
+                b.after, b.window, b.duration
+            );
+        }
+        println!();
+    }
+    let l = &config.limits;
+    println!(
+        "limits max_connections={} max_message_bytes={} max_frame_bytes={} handshake_timeout={:?} ping_interval={:?} idle_timeout={:?} drain_timeout={:?}",
+        l.max_connections, l.max_message_bytes, l.max_frame_bytes, l.handshake_timeout, l.ping_interval, l.idle_timeout, l.drain_timeout
+    );
+    for (i, r) in config.routes.iter().enumerate() {
+        print!("route[{i}] {} -> {}", r.path, kind_name(r.kind));
+        if let Some(u) = &r.upstream {
+            print!(" {} (connect_timeout {:?})", u.url, u.connect_timeout);
+            if !r.forward_headers.is_empty() {
+                let names: Vec<&str> = r.forward_headers.iter().map(|h| h.as_str()).collect();
+                print!(" forward_headers={names:?}");
+            }
+        }
+        if r.subprotocols.is_empty() {
+            print!(" subprotocols=none");
+        } else {
+            print!(
+                " subprotocols={:?}{}",
+                r.subprotocols,
+                if r.subprotocol_required {
+                    " (required)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if r.kind == RouteKind::Channel {
+            print!(" deliver_to_sender={}", r.deliver_to_sender);
+        }
+        println!();
+        // The effective policy, per listener, in the order the gates run.
+        for (l, rp) in r.policies.iter().enumerate() {
+            if config.listeners.len() > 1 {
+                println!("  on listener[{l}]:");
+            }
+            print_policy(
+                &rp.gates,
+                if config.listeners.len() > 1 {
+                    "    "
+                } else {
+                    "  "
+                },
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints one route's gates in the order they run.
+fn print_policy(p: &wsgate_admission::Policy, indent: &str) {
+    let show = |v: &[wsgate_admission::firewall::Cidr]| {
+        v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
+    };
+    for (name, rules) in [
+        ("listener firewall", &p.listener_firewall),
+        ("firewall", &p.firewall),
+    ] {
+        if !rules.is_empty() {
+            println!(
+                "{indent}{name}: allow {:?} deny {:?}",
+                show(&rules.allow),
+                show(&rules.deny)
+            );
+        }
+    }
+    if p.client_cert_required {
+        println!(
+            "{indent}tls identity: a client certificate is required (tls.client_cert_required)"
+        );
+    }
+    if !p.host.allow.is_empty() {
+        println!("{indent}host: {:?}", p.host.allow);
+    }
+    let origins: Vec<String> = p.origin.allow.iter().map(|e| e.to_string()).collect();
+    let missing = if p.origin.allow_missing {
+        "admitted"
+    } else {
+        "refused (origin.missing)"
+    };
+    println!("{indent}origin: allow {origins:?}; without Origin: {missing}");
+    match (&p.auth, &p.external) {
+        (_, Some(x)) => println!(
+            "{indent}auth: external check {} (timeout {:?}, cache {:?})",
+            x.url, x.timeout, x.cache_ttl
+        ),
+        (None, None) => println!("{indent}auth: none (anonymous clients admitted)"),
+        (Some(a), None) => {
+            let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
+            let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
+            let users: Vec<&str> = a.basic_users.iter().map(|u| u.name.as_str()).collect();
+            println!(
+                "{indent}auth: sources {sources:?} in that order; api keys {keys:?}; basic users {users:?}; jwt issuers {}",
+                a.jwt.len()
+            );
+        }
+    }
+    let z = &p.authz;
+    if !z.is_empty() {
+        let claims: Vec<String> = z.claims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        print!("{indent}authz: claims {claims:?} scopes {:?}", z.scopes);
+        if let Some(c) = &z.channel {
+            print!(
+                " channel {:?} must match a pattern in claim {:?}",
+                c.template, c.claim
+            );
+        }
+        if !z.cert_subjects.is_empty() || !z.cert_sans.is_empty() {
+            print!(
+                " certificate subject {:?} SAN {:?}",
+                z.cert_subjects, z.cert_sans
+            );
+        }
+        println!();
+    }
+}

@@ -1,0 +1,184 @@
+//! `wsgate serve`: load the configuration, bind, print the banner, serve until a stop signal.
+
+use crate::{explain_name, fail, kind_name, load, ConfigArg};
+use clap::Args;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use wsgate_admission::auth::Source;
+use wsgate_server::config::{Config, LogFormat, RouteKind};
+use wsgate_server::Server;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// Override the first listener's address, e.g. 127.0.0.1:0 for a free port.
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Override the admin (metrics) address; `off` disables it.
+    #[arg(long)]
+    pub(crate) admin: Option<String>,
+}
+
+pub(crate) fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Some(addr) = args.listen {
+        config.override_first_listener(addr);
+    }
+    match args.admin.as_deref() {
+        None => {}
+        Some("off") => config.admin = None,
+        Some(a) => match a.parse() {
+            Ok(addr) => config.admin = Some(addr),
+            Err(_) => {
+                return fail(&format!(
+                    "--admin {a:?} is not an address like 127.0.0.1:9090, nor `off`"
+                ))
+            }
+        },
+    }
+    init_logging(&config);
+    open_files_limit(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let stop = stop_signal();
+        let server = match Server::bind(config.clone()).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        banner(&config, &server);
+        server.run(stop).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM. The handlers are registered when this is called, not when the
+/// future is first polled, so a signal that arrives right after start-up still drains gracefully.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn banner(config: &Config, server: &Server) {
+    println!(
+        "wsgate {} serving (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
+    let mut first_echo = None;
+    for (l, bound) in config.listeners.iter().zip(server.listeners()) {
+        let scheme = if bound.tls { "wss" } else { "ws" };
+        let base = format!("{scheme}://{}", bound.address);
+        println!(
+            "listening {base} (refusals explained: {})",
+            explain_name(l.explain)
+        );
+        for r in &config.routes {
+            let example = r.path.replace("{room}", "lobby");
+            println!("  {:<8} {base}{}", kind_name(r.kind), example);
+            if r.kind == RouteKind::Echo && first_echo.is_none() {
+                first_echo = Some(format!("{base}{example}"));
+            }
+        }
+    }
+    match server.admin_address() {
+        Some(a) => println!("admin http://{a}/metrics"),
+        None => println!("admin off"),
+    }
+    if let Some(url) = first_echo {
+        println!("try: python3 -m websockets {url}");
+        let http = url.replacen("ws", "http", 1);
+        println!("     curl -i {http}   (a plain HTTP request: see how a refusal explains itself)");
+    }
+    if let Some(token) = &config.dev_token {
+        println!("development token: {token}");
+        let base = server
+            .listeners()
+            .first()
+            .map(|b| format!("{}://{}", if b.tls { "wss" } else { "ws" }, b.address));
+        for r in config.routes.iter().filter(|r| {
+            r.policy(0)
+                .gates
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.api_keys.iter().any(|k| k.name == "dev"))
+        }) {
+            let path = r.path.replace("{room}", "lobby");
+            let sources = r.policy(0).gates.auth.iter().flat_map(|a| a.sources.iter());
+            for source in sources {
+                if let (Source::Query(name), Some(base)) = (source, &base) {
+                    println!("try: python3 -m websockets '{base}{path}?{name}={token}'");
+                }
+            }
+        }
+        println!("     (the token changes at every start; routes with `auth.dev_token = true` accept it)");
+    }
+}
+
+/// Raises the open-files limit as far as allowed, and warns when it still cannot hold the
+/// configured number of connections (beyond it, new connections fail at accept).
+fn open_files_limit(config: &Config) {
+    if let Some((from, to)) = wsgate_server::fdlimit::raise_open_files() {
+        tracing::info!(from, to, "raised the open-files limit to the hard limit");
+    }
+    if let Some((soft, hard)) = wsgate_server::fdlimit::open_files() {
+        // A margin for listeners, upstream connections, certificates and logs.
+        let want = (config.limits.max_connections as u64).saturating_add(64);
+        if soft < want {
+            tracing::warn!(
+                limit = soft,
+                hard,
+                max_connections = config.limits.max_connections,
+                "the open-files limit is below limits.max_connections: connections beyond it are refused when accepted; raise it (`ulimit -n`, or LimitNOFILE= for a systemd service) or lower limits.max_connections"
+            );
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("WSGATE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.logging.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.logging.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
