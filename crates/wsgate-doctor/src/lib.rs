@@ -180,7 +180,7 @@ impl Diagnosis {
 
 /// Runs the whole diagnosis.
 pub async fn diagnose(opts: &Options) -> Result<Diagnosis, String> {
-    let target = probe::Target::parse(&opts.url)?;
+    let target = probe::parse_target(&opts.url)?;
     let tls = tls::Tls::new(opts)?;
     Ok(analyze::run(opts, &target, &tls).await)
 }

@@ -14,81 +14,12 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use wsgate_handshake::frame::OpCode;
 
-/// Where to connect.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `wss://`.
-    pub tls: bool,
-    /// Host as in the URL (no brackets).
-    pub host: String,
-    /// Port, defaulted from the scheme.
-    pub port: u16,
-    /// Request target.
-    pub path_and_query: String,
-    /// `Host` header value.
-    pub authority: String,
-}
+/// The URL under test: the workspace's one endpoint type (`ws://` or `wss://`).
+pub type Target = wsgate_handshake::endpoint::Endpoint;
 
-impl Target {
-    /// Parses a `ws://` or `wss://` URL.
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("{url:?} is not a URL; expected ws://host[:port]/path or wss://…")
-        })?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "ws" => false,
-            "wss" => true,
-            "http" | "https" => {
-                return Err(format!(
-                    "{url:?}: a WebSocket URL starts with ws:// or wss://, not {scheme}://"
-                ))
-            }
-            _ => return Err(format!("{url:?} must start with ws:// or wss://")),
-        };
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!(
-                "{url:?} has no host (or has credentials, which are not supported)"
-            ));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
-            (h.to_owned(), after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("port {p:?} is not a number"))?,
-            None if tls => 443,
-            None => 80,
-        };
-        let path = if path.is_empty() {
-            "/".to_owned()
-        } else if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        Ok(Target {
-            tls,
-            host,
-            port,
-            path_and_query: path,
-            authority: authority.to_owned(),
-        })
-    }
-
-    /// The Origin of a page served from the same host and port (`https://host` for wss).
-    pub fn own_origin(&self, https: bool) -> String {
-        let scheme = if https { "https" } else { "http" };
-        format!("{scheme}://{}", self.authority)
-    }
+/// Parses the URL under test.
+pub fn parse_target(url: &str) -> Result<Target, String> {
+    Target::parse(url, wsgate_handshake::endpoint::Family::WebSocket)
 }
 
 /// What one attempt sends; the first attempt uses the command line, experiments vary it.
@@ -830,29 +761,29 @@ mod tests {
 
     #[test]
     fn urls() {
-        let t = Target::parse("wss://example.com/chat?x=1").unwrap();
+        let t = parse_target("wss://example.com/chat?x=1").unwrap();
         assert!(
             t.tls
                 && t.port == 443
                 && t.path_and_query == "/chat?x=1"
                 && t.authority == "example.com"
         );
-        let t = Target::parse("ws://[::1]:8080").unwrap();
+        let t = parse_target("ws://[::1]:8080").unwrap();
         assert_eq!(
             (t.host.as_str(), t.port, t.path_and_query.as_str()),
             ("::1", 8080, "/")
         );
-        assert!(Target::parse("https://x/").unwrap_err().contains("ws://"));
-        assert!(Target::parse("ws://u:p@x/").is_err());
+        assert!(parse_target("https://x/").unwrap_err().contains("ws://"));
+        assert!(parse_target("ws://u:p@x/").is_err());
         assert_eq!(
-            Target::parse("ws://h:81/").unwrap().own_origin(false),
+            parse_target("ws://h:81/").unwrap().own_origin(false),
             "http://h:81"
         );
     }
 
     #[test]
     fn token_placements() {
-        let t = Target::parse("ws://h/p?a=1").unwrap();
+        let t = parse_target("ws://h/p?a=1").unwrap();
         let mut r = Request {
             origin: Some("http://o".into()),
             token: Some(("T".into(), TokenVia::Query("access_token".into()))),

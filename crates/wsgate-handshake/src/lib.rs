@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod endpoint;
 pub mod frame;
 
 use base64::engine::general_purpose::STANDARD as B64;

@@ -470,47 +470,12 @@ pub struct RoutePolicy {
     pub token_prefixes: Vec<String>,
 }
 
-/// An `http://` or `https://` service wsgate calls (the external check).
-#[derive(Debug, Clone)]
-pub struct HttpTarget {
-    /// `https://`.
-    pub tls: bool,
-    /// Host name for connecting and TLS.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// `Host` header value.
-    pub authority: String,
-    /// Request target.
-    pub path_and_query: String,
-}
+/// An `http://` or `https://` service wsgate calls (the external check): the workspace's one
+/// endpoint type.
+pub type HttpTarget = wsgate_handshake::endpoint::Endpoint;
 
 fn parse_http_target(url: &str) -> Result<HttpTarget, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("{url:?} is not a URL like http://127.0.0.1:9000/check"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(format!("{url:?} must start with http:// or https://")),
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{url:?} has no host"))?;
-    Ok(HttpTarget {
-        tls,
-        host: authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-        authority: authority.as_str().to_owned(),
-        path_and_query: uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into()),
-    })
+    HttpTarget::parse(url, wsgate_handshake::endpoint::Family::Http)
 }
 
 /// A proxy route's upstream WebSocket server.
@@ -518,16 +483,8 @@ fn parse_http_target(url: &str) -> Result<HttpTarget, String> {
 pub struct Upstream {
     /// The URL as configured.
     pub url: String,
-    /// `wss://` rather than `ws://`.
-    pub tls: bool,
-    /// Host name (for TLS SNI and the Host header) without brackets.
-    pub host: String,
-    /// Port, defaulted from the scheme.
-    pub port: u16,
-    /// The `Host` header value.
-    pub authority: String,
-    /// Path and query for the request line.
-    pub path_and_query: String,
+    /// Where it points (`ws://` or `wss://`).
+    pub endpoint: wsgate_handshake::endpoint::Endpoint,
     /// Extra CA certificates trusted for a `wss://` upstream (besides the public roots).
     pub ca_file: Option<PathBuf>,
     /// Time allowed to connect and finish the upstream handshake.
@@ -1404,44 +1361,18 @@ fn parse_upstream(
     ca_file: Option<PathBuf>,
     connect_timeout: Duration,
 ) -> Result<Upstream, String> {
-    let uri: http::Uri = url.parse().map_err(|_| {
-        format!("{url:?} is not a URL; expected ws://host:port/path or wss://host/path")
-    })?;
-    let tls = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => return Err(format!("{url:?} must start with ws:// or wss://")),
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{url:?} has no host"))?
-        .clone();
-    if authority.as_str().contains('@') {
-        return Err(format!(
-            "{url:?}: credentials in the URL are not supported; use forward_headers"
-        ));
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    if ca_file.is_some() && !tls {
+    let endpoint = wsgate_handshake::endpoint::Endpoint::parse(
+        url,
+        wsgate_handshake::endpoint::Family::WebSocket,
+    )?;
+    if ca_file.is_some() && !endpoint.tls {
         return Err(format!(
             "{url:?}: upstream_ca is set but the upstream is not wss://"
         ));
     }
     Ok(Upstream {
         url: url.to_owned(),
-        tls,
-        host,
-        port,
-        authority: authority.as_str().to_owned(),
-        path_and_query: uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned()),
+        endpoint,
         ca_file,
         connect_timeout,
     })
@@ -1523,13 +1454,17 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        let u = parse_upstream("wss://[::1]/a?b=c", None, Duration::from_secs(1)).unwrap();
+        let u = parse_upstream("wss://[::1]/a?b=c", None, Duration::from_secs(1))
+            .unwrap()
+            .endpoint;
         assert!(u.tls);
         assert_eq!(
             (u.host.as_str(), u.port, u.path_and_query.as_str()),
             ("::1", 443, "/a?b=c")
         );
-        let u = parse_upstream("ws://127.0.0.1:9000", None, Duration::from_secs(1)).unwrap();
+        let u = parse_upstream("ws://127.0.0.1:9000", None, Duration::from_secs(1))
+            .unwrap()
+            .endpoint;
         assert_eq!(
             (u.port, u.path_and_query.as_str(), u.authority.as_str()),
             (9000, "/", "127.0.0.1:9000")

@@ -60,19 +60,20 @@ async fn connect_inner(
     tls: Option<&TlsConnector>,
     fwd: Forward<'_>,
 ) -> Result<UpstreamConn, Refusal> {
-    let tcp = TcpStream::connect((up.host.as_str(), up.port))
+    let tcp = TcpStream::connect((up.endpoint.host.as_str(), up.endpoint.port))
         .await
         .map_err(|e| unreachable(format!("cannot connect to upstream {}: {e}", up.url)))?;
     let _ = tcp.set_nodelay(true);
     match tls {
         None => handshake(up, tcp, fwd).await,
         Some(connector) => {
-            let name = rustls_pki_types::ServerName::try_from(up.host.clone()).map_err(|_| {
-                unreachable(format!(
-                    "upstream host {:?} is not a valid TLS server name",
-                    up.host
-                ))
-            })?;
+            let name =
+                rustls_pki_types::ServerName::try_from(up.endpoint.host.clone()).map_err(|_| {
+                    unreachable(format!(
+                        "upstream host {:?} is not a valid TLS server name",
+                        up.endpoint.host
+                    ))
+                })?;
             let stream = connector.connect(name, tcp).await.map_err(|e| {
                 unreachable(format!(
                     "TLS handshake with upstream {} failed: {e}",
@@ -101,8 +102,8 @@ where
         let _ = conn.with_upgrades().await;
     });
     let key = crate::ids::websocket_key();
-    let mut req = Request::get(up.path_and_query.as_str())
-        .header(header::HOST, up.authority.as_str())
+    let mut req = Request::get(up.endpoint.path_and_query.as_str())
+        .header(header::HOST, up.endpoint.authority.as_str())
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
         .header(header::SEC_WEBSOCKET_KEY, key.as_str())

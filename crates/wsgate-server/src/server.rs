@@ -119,7 +119,7 @@ fn upstream_connectors(
         .iter()
         .enumerate()
         .map(|(i, r)| match &r.upstream {
-            Some(u) if u.tls => tls::client_config(u.ca_file.as_deref())
+            Some(u) if u.endpoint.tls => tls::client_config(u.ca_file.as_deref())
                 .map(|c| Some(TlsConnector::from(c)))
                 .map_err(|message| crate::config::ConfigError {
                     file: config.source.clone(),
