@@ -1,8 +1,8 @@
 //! The admission pipeline: the gates a valid WebSocket handshake passes before it is admitted.
 //!
 //! Gates run in a fixed order, cheapest and least revealing first (firewall → TLS identity → host →
-//! origin → authentication → authorization → limits; the gates built so far are [`firewall`],
-//! [`host`], [`origin`], [`auth`] (with [`jwt`]), [`authz`] and [`limits`]). Each gate is a module with its own configuration type and a pure check function, so the
+//! origin → authentication → authorization → limits: [`firewall`], TLS identity, [`host`],
+//! [`origin`], [`auth`] (with [`jwt`] and [`external`]), [`authz`] and [`limits`]). Each gate is a module with its own configuration type and a pure check function, so the
 //! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
 //! [`Policy::admit`].
 

@@ -47,8 +47,14 @@ pub struct LogLimiter {
 
 /// Which events count as identical: a reason code (or another event name), client, route.
 type LogKey = (&'static str, IpAddr, String);
-/// Window start, lines in this window, suppressed lines not yet reported.
-type LogWindow = (Instant, u32, u64);
+/// One key's current window.
+struct LogWindow {
+    start: Instant,
+    /// Lines written (or due) in this window.
+    lines: u32,
+    /// Lines suppressed and not yet reported.
+    suppressed: u64,
+}
 
 /// Keys remembered at most; older windows are forgotten first.
 const MAX_LOG_KEYS: usize = 10_000;
@@ -74,25 +80,27 @@ impl LogLimiter {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.len() >= MAX_LOG_KEYS {
             let w = self.window;
-            st.retain(|_, (start, _, suppressed)| {
-                now.duration_since(*start) < w || *suppressed > 0
-            });
+            st.retain(|_, e| now.duration_since(e.start) < w || e.suppressed > 0);
             if st.len() >= MAX_LOG_KEYS {
                 st.clear();
             }
         }
         let e = st
             .entry((event, client, route.to_owned()))
-            .or_insert((now, 0, 0));
-        if now.duration_since(e.0) >= self.window {
-            e.0 = now;
-            e.1 = 0;
+            .or_insert(LogWindow {
+                start: now,
+                lines: 0,
+                suppressed: 0,
+            });
+        if now.duration_since(e.start) >= self.window {
+            e.start = now;
+            e.lines = 0;
         }
-        e.1 += 1;
-        if e.1 <= self.burst {
-            Some(std::mem::take(&mut e.2))
+        e.lines += 1;
+        if e.lines <= self.burst {
+            Some(std::mem::take(&mut e.suppressed))
         } else {
-            e.2 += 1;
+            e.suppressed += 1;
             None
         }
     }

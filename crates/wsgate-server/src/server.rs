@@ -146,7 +146,7 @@ impl Server {
                         tracing::warn!(
                             listener = %l.address,
                             subject = %info.subject,
-                            expires = %tls::httpdate(info.not_after),
+                            expires = %tls::iso_date(info.not_after),
                             "TLS certificate expires within 14 days: renew it"
                         );
                     }
@@ -517,6 +517,13 @@ struct ProxyWork {
     shutdown: watch::Receiver<bool>,
 }
 
+/// What the closing log line of a connection names.
+struct About {
+    peer: SocketAddr,
+    request_id: String,
+    route: String,
+}
+
 /// Counts an open WebSocket connection for as long as it lives.
 struct Slot(Arc<Shared>);
 
@@ -671,8 +678,8 @@ async fn handle(
         return Ok(refuse(Refusal::new(
             Reason::LimitConnections,
             format!(
-                "{} connections are open, the limit is {}",
-                shared.config.limits.max_connections, shared.config.limits.max_connections
+                "all {} connections of limits.max_connections are open",
+                shared.config.limits.max_connections
             ),
         )));
     };
@@ -777,7 +784,11 @@ async fn handle(
         (None, None) => Work::Nothing,
     };
     // For the closing log line; one small box rather than three fields in every idle task.
-    let about = Box::new((ctx.peer, request_id.clone(), route.path.clone()));
+    let about = Box::new(About {
+        peer: ctx.peer,
+        request_id: request_id.clone(),
+        route: route.path.clone(),
+    });
     tokio::spawn(async move {
         let _track = track;
         let _slot = slot;
@@ -785,7 +796,7 @@ async fn handle(
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(request_id = %about.1, error = %e, "client vanished during the upgrade");
+                tracing::debug!(request_id = %about.request_id, error = %e, "client vanished during the upgrade");
                 return;
             }
         };
@@ -805,7 +816,11 @@ async fn handle(
             }
             Work::Nothing => {}
         }
-        let (peer, rid, route_path) = &*about;
+        let About {
+            peer,
+            request_id: rid,
+            route: route_path,
+        } = &*about;
         tracing::debug!(request_id = %rid, peer = %peer, route = %route_path, secs = opened.elapsed().as_secs_f64(), "connection closed");
     });
 
@@ -944,7 +959,7 @@ async fn reload_loop(reloaders: Vec<(usize, Arc<tls::CertReloader>)>, shared: Ar
                     tracing::info!(
                         listener = i,
                         subject = %info.subject,
-                        expires = %tls::httpdate(info.not_after),
+                        expires = %tls::iso_date(info.not_after),
                         "TLS certificate reloaded; open connections keep theirs"
                     );
                 }

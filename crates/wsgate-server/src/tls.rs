@@ -100,7 +100,7 @@ fn load_certified_key(tls: &Tls) -> Result<(CertifiedKey, CertInfo), (&'static s
                 "the certificate in {} ({}) expired on {}; renew it (for development: `wsgate cert dev --host localhost`)",
                 tls.cert.display(),
                 info.subject,
-                httpdate(info.not_after)
+                iso_date(info.not_after)
             ),
         ));
     }
@@ -294,8 +294,8 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     (y as i32, m, d)
 }
 
-/// `2026-11-25` for messages.
-pub fn httpdate(t: SystemTime) -> String {
+/// The day of `t` as `2026-11-25` (ISO 8601, UTC), for messages and the banner.
+pub fn iso_date(t: SystemTime) -> String {
     let days = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)

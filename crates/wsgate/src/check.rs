@@ -38,7 +38,7 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
             print!(
                 " certificate {} valid until {}{}",
                 c.subject,
-                wsgate_server::tls::httpdate(c.not_after),
+                wsgate_server::tls::iso_date(c.not_after),
                 if c.expires_soon {
                     " (EXPIRES WITHIN 14 DAYS)"
                 } else {
