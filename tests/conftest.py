@@ -272,6 +272,30 @@ def run_node(script, *args, timeout=30):
     return out.stdout.decode()
 
 
+# Message sizes across every length encoding of a frame header (7-bit, 16-bit, 64-bit).
+SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
+
+
+class Prefixed:
+    """A socket whose first bytes were already received (behind the HTTP response head)."""
+
+    def __init__(self, head, sock):
+        self.head, self.sock = head, sock
+
+    def recv(self, n):
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.sock.recv(n)
+
+
+def run(coro, timeout=30):
+    """Runs a client coroutine to completion, bounded so a hung peer fails the test instead of CI."""
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

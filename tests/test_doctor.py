@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import BIN, Wsgate, config, free_port
-from test_tls_and_cli import make_cert, tls_listener
+from test_tls import make_cert, tls_listener
 
 
 def doctor(*args):
