@@ -46,8 +46,13 @@ require_scopes = ["chat:read"]
 /// The key whose SHA-256 is configured above (`printf %s KEY | sha256sum`).
 const KEY: &str = "table-key-0123";
 
+/// A request head: method, target and headers.
+type Head = (Method, http::Uri, HeaderMap);
+/// One row: what it is, the peer, the request, and the admission (chosen subprotocol) or code.
+type Row<'a> = (&'a str, &'a str, Head, Result<Option<&'a str>, &'a str>);
+
 /// A valid handshake for `path`, with `extra` headers added (a name given twice is appended).
-fn head(path: &str, extra: &[(&str, &str)]) -> (Method, http::Uri, HeaderMap) {
+fn head(path: &str, extra: &[(&str, &str)]) -> Head {
     let mut h = HeaderMap::new();
     for (k, v) in [
         ("host", "gw.test"),
@@ -76,7 +81,7 @@ fn decide(
     router: &Router,
     limits: &std::sync::Arc<wsgate_admission::limits::Limits>,
     peer: &str,
-    (method, uri, headers): (Method, http::Uri, HeaderMap),
+    (method, uri, headers): Head,
 ) -> Result<Option<String>, &'static str> {
     let global = wsgate_admission::Global {
         firewall: config.firewall.rules.clone(),
@@ -125,12 +130,7 @@ fn the_whole_admit_refuse_table() {
     let bearer = format!("Bearer {KEY}");
     let token_entry = format!("chat.v1, token.{KEY}, token.{KEY}");
     let long_cookie = "a".repeat(9000);
-    let table: Vec<(
-        &str,
-        &str,
-        (Method, http::Uri, HeaderMap),
-        Result<Option<&str>, &str>,
-    )> = vec![
+    let table: Vec<Row<'_>> = vec![
         ("plain echo", "192.0.2.1", head("/ws/echo", &[]), Ok(None)),
         (
             "allowed origin",
