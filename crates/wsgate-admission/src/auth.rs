@@ -336,18 +336,15 @@ impl AuthPolicy {
     }
 
     /// The offered subprotocols with every entry under a credential prefix removed, however
-    /// many there are and whichever source carried the credential: such an entry may never be
-    /// selected, forwarded upstream, echoed or logged.
+    /// many there are and whichever source carried the credential.
     pub fn strip_credentials(&self, offered: &[String]) -> Vec<String> {
-        offered
-            .iter()
-            .filter(|p| {
-                !self.sources.iter().any(
-                    |s| matches!(s, Source::Subprotocol(prefix) if p.starts_with(prefix.as_str())),
-                )
-            })
-            .cloned()
-            .collect()
+        strip_prefixed(
+            offered,
+            self.sources.iter().filter_map(|s| match s {
+                Source::Subprotocol(prefix) => Some(prefix.as_str()),
+                _ => None,
+            }),
+        )
     }
 
     fn find(&self, req: &Request<'_>) -> Option<Found> {
@@ -424,6 +421,20 @@ impl AuthPolicy {
         }
         None
     }
+}
+
+/// `offered` without every entry that starts with one of `prefixes`: such an entry carries a
+/// credential and may never be selected, forwarded upstream, echoed or logged. The one rule for
+/// every authentication path (keys and JWTs here, the external check in the server).
+pub fn strip_prefixed<'a>(
+    offered: &[String],
+    prefixes: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<String> {
+    offered
+        .iter()
+        .filter(|p| !prefixes.clone().any(|t| p.starts_with(t)))
+        .cloned()
+        .collect()
 }
 
 /// Constant-time equality of two digests.

@@ -261,40 +261,16 @@ connect_timeout = "10s"
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", wsgate.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut admin) = (None, None);
-    while addr.is_none() || admin.is_none() {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(rest) = l.strip_prefix("listening ws://") {
-                    addr = rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                }
-                if let Some(rest) = l.strip_prefix("admin http://") {
-                    admin = rest
-                        .split('/')
-                        .next()
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                return Err("wsgate did not start".into());
-            }
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let (addr, admin) = match read_banner(&mut child, "wsgate", true) {
+        Ok((a, Some(admin))) => (a, admin),
+        Ok((_, None)) => return Err("wsgate printed no admin address".into()),
+        Err(e) => return Err(e),
+    };
     let server = Server {
         name: "wsgate",
         child,
-        addr: addr.ok_or("no address")?,
+        addr,
         _config: Some(dir),
-    };
-    let (Some(addr), Some(admin)) = (addr, admin) else {
-        return Err("wsgate printed no address".into());
     };
     eprintln!(
         "soak: {} connections for {:.0} s against wsgate at {addr} (churn {:.1} %/s)",
@@ -553,16 +529,37 @@ fn start_with(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let (addr, _) = read_banner(&mut child, name, false)?;
+    Ok(Server {
+        name,
+        child,
+        addr,
+        _config: dir,
+    })
+}
+
+/// Reads a server's start-up banner up to its `listening ws://` line (and, with `admin`, its
+/// `admin http://` line), then keeps draining stdout so the server never blocks on a full pipe.
+fn read_banner(
+    child: &mut Child,
+    name: &str,
+    admin: bool,
+) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    let (mut addr, mut admin_addr) = (None, None);
+    while addr.is_none() || (admin && admin_addr.is_none()) {
         match lines.next() {
             Some(Ok(l)) => {
                 if let Some(rest) = l.strip_prefix("listening ws://") {
                     let a = rest.split_whitespace().next().unwrap_or("");
-                    break a
-                        .parse::<SocketAddr>()
-                        .map_err(|e| format!("{name} printed {l:?}: {e}"))?;
+                    addr = Some(
+                        a.parse::<SocketAddr>()
+                            .map_err(|e| format!("{name} printed {l:?}: {e}"))?,
+                    );
+                }
+                if let Some(rest) = l.strip_prefix("admin http://") {
+                    admin_addr = rest.split('/').next().and_then(|a| a.parse().ok());
                 }
             }
             _ => {
@@ -570,15 +567,12 @@ fn start_with(
                 return Err(format!("{name} did not start"));
             }
         }
-    };
-    // Keep reading stdout so the server never blocks on a full pipe.
+    }
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server {
-        name,
-        child,
-        addr,
-        _config: dir,
-    })
+    match addr {
+        Some(a) => Ok((a, admin_addr)),
+        None => Err(format!("{name} printed no address")),
+    }
 }
 
 fn rand_suffix() -> u64 {

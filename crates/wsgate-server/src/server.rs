@@ -871,17 +871,10 @@ async fn external_admit(
     };
     let identity = decision?;
     // Entries carrying a credential under a configured prefix are never selectable.
-    let subprotocols = view
-        .subprotocols
-        .iter()
-        .filter(|p| {
-            !route
-                .token_prefixes
-                .iter()
-                .any(|t| p.starts_with(t.as_str()))
-        })
-        .cloned()
-        .collect();
+    let subprotocols = wsgate_admission::auth::strip_prefixed(
+        view.subprotocols,
+        route.token_prefixes.iter().map(String::as_str),
+    );
     route.gates.after_auth(Some(identity), subprotocols, view)
 }
 
