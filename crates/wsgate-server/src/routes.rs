@@ -17,30 +17,25 @@ pub struct Match<'a> {
 /// The routes of a configuration, ready for lookup.
 #[derive(Debug)]
 pub struct Router {
-    routes: Vec<(Pattern, Route)>,
+    routes: Vec<Route>,
 }
 
 impl Router {
-    /// Builds the table; patterns were validated with the configuration.
-    pub fn new(routes: &[Route]) -> Result<Router, String> {
-        let routes = routes
-            .iter()
-            .map(|r| Ok((Pattern::parse(&r.path)?, r.clone())))
-            .collect::<Result<_, String>>()?;
-        Ok(Router { routes })
+    /// Builds the table from validated routes (each owns its parsed pattern).
+    pub fn new(routes: &[Route]) -> Router {
+        Router {
+            routes: routes.to_vec(),
+        }
     }
 
     /// The first route, in configuration order, whose pattern matches `path`, with its parameters.
     pub fn find(&self, path: &str) -> Option<Match<'_>> {
-        self.routes
-            .iter()
-            .enumerate()
-            .find_map(|(index, (p, route))| {
-                p.captures(path).map(|params| Match {
-                    index,
-                    route,
-                    params,
-                })
+        self.routes.iter().enumerate().find_map(|(index, route)| {
+            route.pattern.captures(path).map(|params| Match {
+                index,
+                route,
+                params,
             })
+        })
     }
 }

@@ -185,11 +185,7 @@ impl Server {
             }
             None => None,
         };
-        let router = Router::new(&config.routes).map_err(|message| crate::config::ConfigError {
-            file: config.source.clone(),
-            key: "route".into(),
-            message,
-        })?;
+        let router = Router::new(&config.routes);
         let upstream_tls = upstream_connectors(&config)?;
         let conn_limits = Arc::new(ws::Limits {
             max_message: config.limits.max_message_bytes,

@@ -1,0 +1,221 @@
+//! The validated, immutable configuration a server runs on: every value checked, every default
+//! filled in, each route owning its parsed pattern and its gates' settings per listener.
+
+use crate::pattern::Pattern;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How much of a refusal the client is told; logs always carry everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Explain {
+    /// Bare status (plus the headers the protocol requires).
+    None,
+    /// Status, reason code and request id headers.
+    Code,
+    /// Also a JSON body with the message and the client's fix.
+    Full,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// What an admitted connection is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Sends every message back to its sender.
+    Echo,
+    /// Pub/sub: every member of a room (one room per matched path) gets what any member publishes.
+    Channel,
+    /// Relays frames to and from an upstream WebSocket server.
+    Proxy,
+}
+
+/// A validated configuration: everything in it has been checked and has its default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from, for messages.
+    pub source: String,
+    /// Public listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// The metrics listener, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Log format and level.
+    pub logging: Logging,
+    /// Routes, matched in file order.
+    pub routes: Vec<Route>,
+    /// A random token generated at start for routes with `auth.dev_token = true`.
+    pub dev_token: Option<String>,
+    /// Global firewall rules, trusted proxies and bans.
+    pub firewall: Firewall,
+}
+
+/// The global firewall settings (each route may add its own rules).
+#[derive(Debug, Clone, Default)]
+pub struct Firewall {
+    /// Allow and deny lists for every route.
+    pub rules: wsgate_admission::firewall::IpRules,
+    /// Peers whose forwarding header (and PROXY header) is believed.
+    pub trusted_proxies: Vec<wsgate_admission::firewall::Cidr>,
+    /// The one forwarding header the trusted proxies set.
+    pub client_address_header: wsgate_admission::firewall::ClientHeader,
+    /// Automatic temporary bans, if configured.
+    pub ban: Option<wsgate_admission::firewall::BanPolicy>,
+}
+
+/// A public listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address to bind; port 0 asks the OS for one.
+    pub address: SocketAddr,
+    /// How much refusals explain; defaults to `full` on loopback and `code` elsewhere.
+    pub explain: Explain,
+    /// TLS termination, if configured.
+    pub tls: Option<Tls>,
+    /// Whether `explain` was written in the file (otherwise it follows the address).
+    pub explain_explicit: bool,
+    /// Every connection starts with a PROXY protocol v1/v2 header (believed from trusted proxies).
+    pub proxy_protocol: bool,
+}
+
+/// Certificate chain and key files for a TLS listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// The key path of this block, for error messages at load time.
+    pub key_path: String,
+    /// CA certificates that client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must, may or need not present a certificate.
+    pub client_auth: ClientAuth,
+}
+
+/// Mutual TLS on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    None,
+    /// Asked for; clients without one are still served (a route may then require one).
+    Optional,
+    /// The TLS handshake fails without a certificate from `client_ca`.
+    Required,
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open WebSocket connections across all listeners; beyond it: 503 `limit.connections`.
+    pub max_connections: usize,
+    /// Largest message after reassembly of fragments; beyond it: close 1009.
+    pub max_message_bytes: usize,
+    /// Largest single frame; beyond it: close 1009.
+    pub max_frame_bytes: usize,
+    /// Time a client has to send its complete request head (and finish TLS).
+    pub handshake_timeout: Duration,
+    /// How often the server pings an otherwise quiet connection.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) arrives for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for connections to finish their close handshake.
+    pub drain_timeout: Duration,
+    /// Per-client rate and connection caps (the limits gate).
+    pub clients: wsgate_admission::limits::LimitPolicy,
+    /// Bounds on the request head; beyond them: 431 `handshake.head_too_large`.
+    pub head: wsgate_handshake::HeadLimits,
+    /// Output queued for a peer that is not reading, above which wsgate stops reading from the
+    /// other side (and taking broadcasts): what a peer that never reads can cost.
+    pub max_output_bytes: usize,
+    /// A peer whose queued output makes no progress for this long is closed (1013).
+    pub send_timeout: Duration,
+    /// Connections of one address still in their TLS handshake or request head; beyond it the
+    /// connection is refused at once (`limit.handshakes_in_progress`).
+    pub max_handshakes_per_client: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `wsgate=debug`.
+    pub level: String,
+    /// Identical refusal lines (same code, client, route) written per window.
+    pub refusal_burst: u32,
+    /// The window for `refusal_burst`.
+    pub refusal_window: Duration,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The pattern as written, e.g. `/ws/chat/{room}`.
+    pub path: String,
+    /// The same pattern, parsed: what requests are matched against.
+    pub pattern: Pattern,
+    /// What admitted connections are connected to.
+    pub kind: RouteKind,
+    /// Subprotocols this route speaks, in the server's order.
+    pub subprotocols: Vec<String>,
+    /// Whether a client must choose one of `subprotocols`.
+    pub subprotocol_required: bool,
+    /// Channel routes: whether a publisher also receives its own messages.
+    pub deliver_to_sender: bool,
+    /// Proxy routes: where to relay to.
+    pub upstream: Option<Upstream>,
+    /// Proxy routes: request headers copied from the client to the upstream handshake.
+    pub forward_headers: Vec<http::HeaderName>,
+    /// The effective admission settings of this route on each listener (by listener index).
+    pub policies: Vec<RoutePolicy>,
+}
+
+impl Route {
+    /// The effective policy on listener `listener`.
+    pub fn policy(&self, listener: usize) -> &RoutePolicy {
+        &self.policies[listener.min(self.policies.len() - 1)]
+    }
+}
+
+/// A route's effective admission settings on one listener.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    /// The gates' settings.
+    pub gates: wsgate_admission::Policy,
+    /// Where the external check of `gates.external` is sent.
+    pub external: Option<HttpTarget>,
+    /// Subprotocol prefixes that carry credentials (removed before selection).
+    pub token_prefixes: Vec<String>,
+}
+
+/// An `http://` or `https://` service wsgate calls (the external check): the workspace's one
+/// endpoint type.
+pub type HttpTarget = wsgate_handshake::endpoint::Endpoint;
+
+/// A proxy route's upstream WebSocket server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The URL as configured.
+    pub url: String,
+    /// Where it points (`ws://` or `wss://`).
+    pub endpoint: wsgate_handshake::endpoint::Endpoint,
+    /// Extra CA certificates trusted for a `wss://` upstream (besides the public roots).
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed to connect and finish the upstream handshake.
+    pub connect_timeout: Duration,
+}
