@@ -309,7 +309,7 @@ fn spawn(
 /// The server's figures now, from `/proc` and its metrics.
 async fn figures(pid: u32, admin: SocketAddr, p99_us: u64) -> Figures {
     Figures {
-        rss: crate::rss_bytes(pid),
+        rss: crate::servers::rss_bytes(pid),
         fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count() as u64)
             .unwrap_or(0),
@@ -410,7 +410,7 @@ pub async fn soak(
         }
         let warm = plan.warmup.ceil() as u64;
         if second >= warm && (second - warm) % sample_every == 0 {
-            rss_trend.push((second - warm, crate::rss_bytes(pid)));
+            rss_trend.push((second - warm, crate::servers::rss_bytes(pid)));
         }
         // Churn: replace a share of the connections, half cleanly, half vanishing, spread
         // over the second in ten steps (a burst at the top of each second would be what the

@@ -1,0 +1,461 @@
+//! The runner: every benchmark mode, measuring wsgate and the baselines side by side in one run
+//! (alternating order by round), handing each mode's numbers to the report (`report.rs`).
+
+use crate::report::{self, median, paired, Report, Sample};
+use crate::servers::*;
+use crate::{load, soak};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Every benchmark mode, in the order they run.
+pub const MODES: [&str; 6] = ["echo", "admission", "fanout", "idle", "proxy", "callgrind"];
+
+pub struct Plan {
+    /// Modes to run; empty means all.
+    pub only: Vec<String>,
+    pub smoke: bool,
+    pub rounds: usize,
+    pub seconds: f64,
+}
+
+impl Plan {
+    pub fn wants(&self, mode: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == mode)
+    }
+}
+
+/// Runs the modes of the plan against the wsgate binary (default: next to this one).
+pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> Result<(), String> {
+    let wsgate = match wsgate {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("wsgate"),
+    };
+    if !wsgate.is_file() {
+        return Err(format!(
+            "{} is not built: `cargo build --release -p wsgate`",
+            wsgate.display()
+        ));
+    }
+    // The client runs on core 1, the servers on core 0.
+    if machine_cores() >= 2 && which("taskset") {
+        // -a: every thread of this process.
+        let _ = Command::new("taskset")
+            .args(["-a", "-cp", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+    let servers = ["wsgate", "fastwebsockets", "tungstenite"];
+    let dur = Duration::from_secs_f64(plan.seconds);
+    let scale = |n: usize| if plan.smoke { n.min(4) } else { n };
+    let cases: &[(usize, usize, usize)] = &[
+        (100, 20, 1),
+        (10, 1024, 1),
+        (10, 16384, 1),
+        (200, 16384, 1),
+        (500, 16384, 1),
+        (1000, 64, 16),
+    ];
+    let mut echo_cases = Vec::new();
+    for &(conns, size, inflight) in cases.iter().filter(|_| plan.wants("echo")) {
+        let label = format!(
+            "{conns} × {size} B{}",
+            if inflight > 1 {
+                format!(", {inflight} in flight")
+            } else {
+                String::new()
+            }
+        );
+        // Smoke runs keep the case names but open at most 4 connections.
+        let conns = scale(conns);
+        let mut per: BTreeMap<&'static str, Vec<Sample>> = Default::default();
+        for round in 0..plan.rounds {
+            for k in 0..servers.len() {
+                let name = servers[(k + round) % servers.len()];
+                let s = start(name, &wsgate)?;
+                let spid = pid(&s).to_string();
+                let (c0, s0) = (cpu_secs("self"), cpu_secs(&spid));
+                let r = load::echo(s.addr, "/ws/echo", conns, size, inflight, dur)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                let (c1, s1) = (cpu_secs("self"), cpu_secs(&spid));
+                per.entry(s.name)
+                    .or_default()
+                    .push(Sample::of(&r, s1 - s0, c1 - c0));
+            }
+        }
+        echo_cases.push(report::EchoCase { label, conns, per });
+    }
+
+    // Admission cost: the full policy (JWT in a cookie, origin and CIDR allowlists) vs none.
+    let mut report = Report::default();
+    if !echo_cases.is_empty() {
+        let (section, rows) = report::echo(&echo_cases);
+        report.add("echo", section, rows);
+    }
+    if plan.wants("admission") {
+        let s = start("wsgate", &wsgate)?;
+        let parallel = if plan.smoke { 2 } else { 32 };
+        let policy_headers = vec![
+            ("Origin".to_owned(), "https://bench.test".to_owned()),
+            ("Cookie".to_owned(), format!("token={}", token())),
+        ];
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..plan.rounds {
+            without.push(
+                load::handshakes(s.addr, "/ws/echo", Vec::new(), parallel, dur)
+                    .await
+                    .map_err(|e| format!("handshakes: {e}"))?,
+            );
+            with.push(
+                load::handshakes(s.addr, "/ws/policy", policy_headers.clone(), parallel, dur)
+                    .await
+                    .map_err(|e| format!("handshakes with policy: {e}"))?,
+            );
+        }
+        let (hw, hn) = (median(with), median(without));
+        report.add("handshake", format!("### Admission cost\n\nHandshakes/s through the full policy (HS256 JWT in a cookie, origin allowlist, CIDR allowlist): {hw:.0}; with no policy: {hn:.0}; ratio {:.2}.\n", hw / hn.max(1e-9)), json!({"with_policy_per_sec": hw, "without_policy_per_sec": hn, "ratio": hw / hn.max(1e-9)}));
+    }
+
+    if plan.wants("fanout") {
+        // Fan-out: one publisher, K subscribers in one room (wsgate only: the baselines have no rooms).
+        let mut fan_md = String::from(
+        "| subscribers | deliveries/s | publish→delivery p99 µs | worst µs |\n|---|---|---|---|\n",
+    );
+        let mut fan_rows = Vec::new();
+        for k in if plan.smoke {
+            vec![5]
+        } else {
+            vec![100, 10_000]
+        } {
+            let s = start("wsgate", &wsgate)?;
+            let msgs = if plan.smoke {
+                5
+            } else if k > 1000 {
+                20
+            } else {
+                500
+            };
+            let r = load::fanout(s.addr, "/ws/chat/bench", k, msgs)
+                .await
+                .map_err(|e| format!("fan-out: {e}"))?;
+            fan_md.push_str(&format!(
+                "| {k} | {:.0} | {} | {} |\n",
+                r.deliveries_per_sec, r.p99_us, r.max_us
+            ));
+            fan_rows.push(json!({"subscribers": k, "messages": msgs, "result": r}));
+        }
+        report.add(
+            "fanout",
+            format!("### Fan-out (one publisher, one room)\n\n{fan_md}"),
+            json!(fan_rows),
+        );
+    }
+
+    if plan.wants("idle") {
+        // Idle memory: RSS growth per open, idle connection, at 10,000 and 100,000 (sources
+        // spread over 200 loopback addresses, so one address's ports are not the limit).
+        let counts: &[usize] = if plan.smoke {
+            &[50]
+        } else {
+            &[10_000, 100_000]
+        };
+        let mut idle_md = String::from(
+            "| server | idle connections | RSS growth per connection (bytes) |\n|---|---|---|\n",
+        );
+        let mut idle_rows = Vec::new();
+        for &idle_n in counts {
+            // Client and server each hold one descriptor per connection, plus a margin.
+            let need = idle_n as u64 + 2048;
+            let limit = open_files_limit();
+            if limit.is_some_and(|l| l < need) {
+                let limit = limit.unwrap_or_default();
+                idle_md.push_str(&format!(
+                    "| (not run) | {idle_n} | needs {need} open files per process; the limit here is {limit} (`ulimit -n`; above the hard limit, raising it needs CAP_SYS_RESOURCE) |\n"
+                ));
+                idle_rows.push(json!({"connections": idle_n, "skipped": format!("open files limit {limit} < {need}")}));
+                continue;
+            }
+            for name in servers {
+                // tokio-tungstenite keeps ~130 KiB per connection: 100,000 would need ~13 GiB.
+                if idle_n > 10_000 && name == "tungstenite" {
+                    continue;
+                }
+                let s = start(name, &wsgate)?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let before = rss_bytes(pid(&s));
+                let conns = load::idle(s.addr, "/ws/echo", idle_n)
+                    .await
+                    .map_err(|e| format!("{name} idle: {e}"))?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let after = rss_bytes(pid(&s));
+                drop(conns);
+                let per = after.saturating_sub(before) as f64 / idle_n as f64;
+                idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
+                idle_rows.push(
+                    json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}),
+                );
+            }
+        }
+        report.add(
+            "idle",
+            format!("### Idle connections\n\n{idle_md}"),
+            json!(idle_rows),
+        );
+    }
+    if plan.wants("proxy") {
+        let (section, rows) = proxy_mode(&plan, &wsgate, dur).await?;
+        report.add("proxy", section, rows);
+    }
+    if plan.wants("callgrind") {
+        let (section, rows) = callgrind_mode(&plan, &wsgate, out.as_deref()).await?;
+        report.add("callgrind", section, rows);
+    }
+
+    report.finish(&plan, out.as_deref())
+}
+
+/// Proxy relay: wsgate's `proxy` route and nginx, each in front of the same upstream echo server
+/// (the fastwebsockets baseline, on the client's core), under the same echo load.
+async fn proxy_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+    dur: Duration,
+) -> Result<(String, serde_json::Value), String> {
+    let upstream = start_with("fastwebsockets", wsgate, Launch::Pinned(1), String::new())?;
+    let config = format!(
+        "{}[[route]]\npath = \"/ws/proxy\"\nkind = \"proxy\"\nupstream = \"ws://{}/\"\n",
+        bench_config(),
+        upstream.addr
+    );
+    let cases: &[(usize, usize)] = &[(100, 20), (10, 16384), (200, 16384)];
+    let mut md = String::from("| proxied echo case | proxy | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | proxy CPU s | client CPU s | upstream CPU s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from(
+        "| proxied echo case | wsgate / nginx msgs/s | wsgate p99 / nginx p99 |\n|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    let upid = pid(&upstream).to_string();
+    for &(conns, size) in cases {
+        let label = format!("{conns} × {size} B");
+        let conns = if plan.smoke { conns.min(4) } else { conns };
+        // Per proxy: its samples, and the upstream's CPU seconds in each.
+        type Runs = (Vec<Sample>, Vec<f64>);
+        let mut per: std::collections::BTreeMap<&str, Runs> = Default::default();
+        for round in 0..plan.rounds {
+            for k in 0..2 {
+                let s = if (k + round) % 2 == 0 {
+                    start_with("wsgate", wsgate, Launch::Pinned(0), config.clone())?
+                } else {
+                    start_nginx(upstream.addr)?
+                };
+                let path = if s.name == "wsgate" { "/ws/proxy" } else { "/" };
+                let spid = pid(&s).to_string();
+                let (c0, s0, u0) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
+                let r = load::echo(s.addr, path, conns, size, 1, dur)
+                    .await
+                    .map_err(|e| format!("{} proxy: {e}", s.name))?;
+                let (c1, s1, u1) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
+                let e = per.entry(s.name).or_default();
+                e.0.push(Sample::of(&r, s1 - s0, c1 - c0));
+                e.1.push(u1 - u0);
+            }
+        }
+        for (name, (samples, up)) in &per {
+            let row = Sample::median(samples);
+            let up_cpu = median(up.clone());
+            md.push_str(&format!(
+                "| {label} | {name} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                row.msgs, row.mib, row.p50, row.p99, row.p999, row.server_cpu, row.client_cpu, up_cpu
+            ));
+            rows.push(json!({"case": label, "connections": conns, "proxy": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "proxy_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "upstream_cpu_s": up_cpu}));
+        }
+        if let (Some((w, _)), Some((n, _))) = (per.get("wsgate"), per.get("nginx")) {
+            ratio_md.push_str(&format!(
+                "| {label} | {} | {} |\n",
+                paired(w, n, |a, b| a.msgs / b.msgs.max(1e-9)),
+                paired(w, n, |a, b| a.p99 / b.p99.max(1.0))
+            ));
+        }
+    }
+    Ok((
+        format!("### Proxy relay (upstream: the fastwebsockets echo server)\n\n{md}\n{ratio_md}"),
+        json!(rows),
+    ))
+}
+
+/// Instructions per echoed message under `valgrind --tool=callgrind`: two runs with different
+/// message counts, so start-up and handshakes cancel out of the difference.
+/// `keep`: a directory where the profiles stay (`--out`), for `callgrind_annotate`.
+async fn callgrind_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+    keep: Option<&std::path::Path>,
+) -> Result<(String, serde_json::Value), String> {
+    if !which("valgrind") {
+        return Err(
+            "valgrind is missing (Debian package valgrind): the callgrind mode needs it".into(),
+        );
+    }
+    let dir = tempdir::Dir::new("callgrind")?;
+    let profiles = match keep {
+        Some(k) => {
+            std::fs::create_dir_all(k).map_err(|e| format!("{}: {e}", k.display()))?;
+            k.to_path_buf()
+        }
+        None => dir.0.clone(),
+    };
+    let conns = 10;
+    let (few, many) = if plan.smoke { (20, 60) } else { (200, 1200) };
+    let mut md =
+        String::from("| server | instructions per echoed 20 B message | runs |\n|---|---|---|\n");
+    let mut rows = Vec::new();
+    for name in ["wsgate", "fastwebsockets", "tungstenite"] {
+        let mut totals = Vec::new();
+        for per_conn in [few, many] {
+            let out = profiles.join(format!("{name}-{per_conn}.callgrind"));
+            let s = start_with(name, wsgate, Launch::Callgrind(out.clone()), bench_config())?;
+            let done = load::echo_fixed(s.addr, "/ws/echo", conns, 20, per_conn)
+                .await
+                .map_err(|e| format!("{name} under callgrind: {e}"))?;
+            if done != (conns * per_conn) as u64 {
+                return Err(format!(
+                    "{name} under callgrind echoed {done} of {} messages",
+                    conns * per_conn
+                ));
+            }
+            stop_gracefully(s)?;
+            totals.push(callgrind_total(&out)?);
+        }
+        let per_msg = (totals[1] as f64 - totals[0] as f64) / ((many - few) * conns) as f64;
+        md.push_str(&format!(
+            "| {name} | {per_msg:.0} | {} and {} messages: {} and {} instructions |\n",
+            few * conns,
+            many * conns,
+            totals[0],
+            totals[1]
+        ));
+        rows.push(json!({"server": name, "instructions_per_message": per_msg, "messages": [few * conns, many * conns], "instructions": totals}));
+    }
+    Ok((
+        format!("### CPU cost per message (valgrind --tool=callgrind, instructions)\n\n{md}"),
+        json!(rows),
+    ))
+}
+
+/// The total instruction count of a callgrind output file.
+fn callgrind_total(path: &std::path::Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("no callgrind output at {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .ok_or_else(|| format!("no totals in {}", path.display()))
+}
+
+/// The soak's server: echo, channel and proxy routes (the proxy in front of this binary's
+/// fastwebsockets echo), with the admin listener on for the task count.
+pub async fn soak_mode(
+    plan: soak::SoakPlan,
+    wsgate: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> Result<bool, String> {
+    let wsgate = match wsgate {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("wsgate"),
+    };
+    if let Some(limit) = open_files_limit() {
+        // One descriptor per client here; the server holds as many plus a fifth for upstreams.
+        let need = plan.connections as u64 * 6 / 5 + 256;
+        if limit < need {
+            return Err(format!(
+                "the open-files limit is {limit}; {} connections need about {need} (raise `ulimit -n`)",
+                plan.connections
+            ));
+        }
+    }
+    let upstream = start_with("fastwebsockets", &wsgate, Launch::Unpinned, String::new())?;
+    let dir = tempdir::Dir::new("soak")?;
+    let cfg = dir.0.join("soak.toml");
+    let config = format!(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[limits]
+max_connections = {}
+ping_interval = "20s"
+idle_timeout = "60s"
+[logging]
+level = "warn"
+[[route]]
+path = "/ws/echo"
+kind = "echo"
+[[route]]
+path = "/ws/chat/{{room}}"
+kind = "channel"
+[[route]]
+path = "/ws/proxy"
+kind = "proxy"
+upstream = "ws://{}/"
+connect_timeout = "10s"
+"#,
+        plan.connections * 3 / 2,
+        upstream.addr
+    );
+    std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&wsgate)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", wsgate.display()))?;
+    let (addr, admin) = match read_banner(&mut child, "wsgate", true) {
+        Ok((a, Some(admin))) => (a, admin),
+        Ok((_, None)) => return Err("wsgate printed no admin address".into()),
+        Err(e) => return Err(e),
+    };
+    let server = Server {
+        name: "wsgate",
+        child,
+        addr,
+        _config: Some(dir),
+    };
+    eprintln!(
+        "soak: {} connections for {:.0} s against wsgate at {addr} (churn {:.1} %/s)",
+        plan.connections,
+        plan.seconds,
+        plan.churn * 100.0
+    );
+    let report = soak::soak(plan, addr, pid(&server), admin, |m| eprintln!("soak: {m}")).await?;
+    let md = report.markdown(&soak::TOLERANCE);
+    println!("{md}");
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("soak.md"), &md).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("soak.json"), json).map_err(|e| e.to_string())?;
+    }
+    // Latency is reported, not judged: a shared machine's noise must not fail a run.
+    let flat = report
+        .verdicts(&soak::TOLERANCE)
+        .iter()
+        .filter(|v| v.0 != "round-trip p99")
+        .all(|v| v.3);
+    let ok = report.nothing_left_behind() && flat && report.failed == 0;
+    if !ok {
+        eprintln!("soak: NOT flat, or something was left behind or failed: see the table");
+    }
+    drop(upstream);
+    Ok(ok)
+}
