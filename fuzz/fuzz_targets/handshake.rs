@@ -1,12 +1,13 @@
 //! Raw request bytes through what the server runs on a request head: HTTP/1.1 parsing (httparse,
-//! hyper's parser), the framing checks, route lookup, RFC 6455 validation and every admission gate
-//! of a configuration that uses them all. Any input must end in an admission or a refusal.
+//! hyper's parser), then `Gatekeeper::decide`, the server's own decision (framing, firewall, route
+//! lookup, RFC 6455, every gate of a configuration that uses them all, limits, subprotocol choice,
+//! connection slot). Any input must end in an admission or a refusal.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use wsgate_server::config::Config;
-use wsgate_server::routes::Router;
+use wsgate_server::decision::{Gatekeeper, Handshake};
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -34,17 +35,19 @@ channel = "chat:{room}"
 channel_claim = "rooms"
 "#;
 
-fn setup() -> &'static (Config, Router) {
-    static S: OnceLock<(Config, Router)> = OnceLock::new();
+fn setup() -> &'static (Gatekeeper, tokio::runtime::Runtime) {
+    static S: OnceLock<(Gatekeeper, tokio::runtime::Runtime)> = OnceLock::new();
     S.get_or_init(|| {
         let config = Config::parse(CONFIG, "fuzz.toml").expect("the fuzz configuration is valid");
-        let router = Router::new(&config.routes);
-        (config, router)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        (Gatekeeper::new(&config), runtime)
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (config, router) = setup();
+    let (gate, runtime) = setup();
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
@@ -74,36 +77,26 @@ fuzz_target!(|data: &[u8]| {
         };
         map.append(n, v);
     }
-    if wsgate_handshake::check_framing(&method, &uri, &map, config.limits.head).is_err() {
-        return;
-    }
-    let Some(m) = router.find(uri.path()) else {
-        return;
-    };
-    let Ok(hs) = wsgate_handshake::validate(&method, version, &map) else {
-        return;
-    };
-    let view = wsgate_admission::Request {
-        client: "192.0.2.1".parse().unwrap(),
-        tls: false,
-        host: &hs.host,
-        origin: hs.origin.as_deref(),
+    let req = Handshake {
+        method: &method,
+        uri: &uri,
+        version,
         headers: &map,
-        query: uri.query(),
-        subprotocols: &hs.subprotocols,
-        params: &m.params,
+        peer: [192, 0, 2, 1].into(),
+        tls: false,
+        listener: 0,
         client_cert: None,
     };
-    let gates = &m.route.policy(0).gates;
-    if let Ok(admitted) = gates.admit(&view) {
+    let decision = runtime.block_on(gate.decide(&req, &wsgate_admission::NoServices));
+    if let (Ok(admitted), Some(m)) = (&decision.outcome, &decision.route) {
         // On a route that takes credentials in subprotocols, a credential entry never survives to
-        // be selected (on other routes `token.x` is an ordinary subprotocol name).
-        if gates.auth.is_some() {
+        // be offered or selected (on other routes `token.x` is an ordinary subprotocol name).
+        if m.route.policy(0).auth.is_some() {
+            assert!(admitted.offered.iter().all(|p| !p.starts_with("token.")));
             assert!(admitted
-                .subprotocols
-                .iter()
-                .all(|p| !p.starts_with("token.")));
+                .subprotocol
+                .as_deref()
+                .is_none_or(|p| !p.starts_with("token.")));
         }
-        let _ = wsgate_handshake::select_subprotocol(&admitted.subprotocols, &m.route.subprotocols);
     }
 });

@@ -16,17 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let host = lines.next().unwrap_or("");
     let entries: Vec<String> = lines.map(str::to_owned).collect();
     let _ = Origin::parse(origin);
-    let headers = http::HeaderMap::new();
     let req = wsgate_admission::Request {
-        client: "192.0.2.1".parse().unwrap(),
         tls: data.first().is_some_and(|b| b % 2 == 0),
-        host,
         origin: Some(origin),
-        headers: &headers,
-        query: None,
-        subprotocols: &[],
-        params: &[],
-        client_cert: None,
+        ..wsgate_admission::Request::new([192, 0, 2, 1].into(), host)
     };
     if let Ok(p) = OriginPolicy::parse(&entries, false) {
         let _ = p.check(&req);

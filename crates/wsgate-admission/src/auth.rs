@@ -215,7 +215,8 @@ pub fn hash_password(password: &str, salt: &[u8; 16]) -> Result<String, String> 
 /// Who an authenticated client is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The API key's name (later: a JWT subject, a certificate subject).
+    /// Who the credential names: the API key's name, the JWT subject, the Basic user, the
+    /// certificate subject, or what the external check answered.
     pub name: String,
     /// Which source carried the credential, e.g. `cookie:wsgate_token`.
     pub source: String,
@@ -507,15 +508,10 @@ mod tests {
         }
         let protos: Vec<String> = protos.iter().map(|s| s.to_string()).collect();
         policy().authenticate(&Request {
-            client: "127.0.0.1".parse().unwrap(),
-            tls: false,
-            host: "x",
-            origin: None,
             headers: &h,
             query,
             subprotocols: &protos,
-            params: &[],
-            client_cert: None,
+            ..Request::new("127.0.0.1".parse().unwrap(), "x")
         })
     }
 
@@ -620,15 +616,8 @@ mod tests {
             );
             h.insert("authorization", HeaderValue::from_str(&v).unwrap());
             p.authenticate(&Request {
-                client: "127.0.0.1".parse().unwrap(),
-                tls: false,
-                host: "x",
-                origin: None,
                 headers: &h,
-                query: None,
-                subprotocols: &[],
-                params: &[],
-                client_cert: None,
+                ..Request::new("127.0.0.1".parse().unwrap(), "x")
             })
         };
         assert_eq!(try_auth("alice:s3cret").unwrap().0.name, "alice");

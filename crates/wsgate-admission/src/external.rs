@@ -29,8 +29,10 @@ const MAX_CACHED: usize = 10_000;
 /// The external check's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalPolicy {
-    /// The check service's URL (`http://` or `https://`).
+    /// The check service's URL (`http://` or `https://`), as configured, for messages.
     pub url: String,
+    /// Where the check is sent.
+    pub endpoint: wsgate_handshake::endpoint::Endpoint,
     /// Longer than this: 503 `auth.unavailable`.
     pub timeout: Duration,
     /// How long a decision is reused for the same credentials, path and client; zero disables.
@@ -39,6 +41,9 @@ pub struct ExternalPolicy {
     pub identity_header: HeaderName,
     /// Response headers kept with the identity (and sent upstream by proxy routes).
     pub identity_headers: Vec<HeaderName>,
+    /// Prefixes of `Sec-WebSocket-Protocol` entries that carry a credential (the route's
+    /// `subprotocol:` sources): passed to the check, never selected.
+    pub subprotocol_prefixes: Vec<String>,
 }
 
 /// The headers of the check request for a handshake.
@@ -183,10 +188,16 @@ mod tests {
     fn policy() -> ExternalPolicy {
         ExternalPolicy {
             url: "http://127.0.0.1:1/check".into(),
+            endpoint: wsgate_handshake::endpoint::Endpoint::parse(
+                "http://127.0.0.1:1/check",
+                wsgate_handshake::endpoint::Family::Http,
+            )
+            .unwrap(),
             timeout: Duration::from_secs(1),
             cache_ttl: Duration::from_secs(30),
             identity_header: HeaderName::from_static("x-auth-user"),
             identity_headers: vec![HeaderName::from_static("x-auth-roles")],
+            subprotocol_prefixes: vec!["token.".into()],
         }
     }
 
@@ -204,15 +215,10 @@ mod tests {
             h.insert(k, HeaderValue::from_static(v));
         }
         let req = Request {
-            client: "192.0.2.7".parse().unwrap(),
             tls: true,
-            host: "gw.example",
             origin: Some("https://app.example"),
             headers: &h,
-            query: None,
-            subprotocols: &[],
-            params: &[],
-            client_cert: None,
+            ..Request::new("192.0.2.7".parse().unwrap(), "gw.example")
         };
         let out = check_headers(&req, "/ws/chat/lobby?x=1", "rid");
         assert_eq!(out["authorization"], "Bearer t");

@@ -1,10 +1,12 @@
 //! The admission pipeline: the gates a valid WebSocket handshake passes before it is admitted.
 //!
-//! Gates run in a fixed order, cheapest and least revealing first (firewall → TLS identity → host →
-//! origin → authentication → authorization → limits: [`firewall`], TLS identity, [`host`],
-//! [`origin`], [`auth`] (with [`jwt`] and [`external`]), [`authz`] and [`limits`]). Each gate is a module with its own configuration type and a pure check function, so the
-//! whole pipeline is tested without sockets; the server only gathers a [`Request`] and drives
-//! [`Policy::admit`].
+//! A route's gates run in a fixed order, cheapest and least revealing first (firewall → TLS
+//! identity → host → origin → authentication → authorization: [`firewall`], TLS identity,
+//! [`host`], [`origin`], [`auth`] (with [`jwt`] and [`external`]) and [`authz`]), then the
+//! server's [`limits`]. Each gate is a module with its own configuration type and a pure check
+//! function; what admission needs from outside (the external check's HTTP call, a thread for slow
+//! password hashes) sits behind [`Services`], so the whole pipeline is tested without sockets.
+//! The server gathers a [`Request`] and awaits [`Policy::admit`].
 
 #![forbid(unsafe_code)]
 
@@ -22,8 +24,44 @@ pub use wsgate_handshake::Refusal;
 pub use wsgate_reasons::Reason;
 
 use http::HeaderMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Instant;
+
+/// What admission asks of the process that drives it. The server answers with its HTTP client and
+/// its runtime; a test answers from memory, so every decision is tested without sockets.
+pub trait Services: Sync {
+    /// Asks the external check service about a handshake: the identity it names, or its refusal
+    /// (`auth.missing`/`auth.invalid` for its 401/403, `auth.unavailable` when it cannot answer).
+    fn external_check(
+        &self,
+        policy: &external::ExternalPolicy,
+        req: &Request<'_>,
+    ) -> impl Future<Output = Result<auth::Identity, Refusal>> + Send;
+
+    /// Runs a verification that is slow on purpose (password hashes) where it does not hold up
+    /// other connections' handshakes. By default, right here.
+    fn slow<T>(&self, verify: impl FnOnce() -> T) -> T {
+        verify()
+    }
+}
+
+/// For routes without an external check: admission needs nothing from outside.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoServices;
+
+impl Services for NoServices {
+    async fn external_check(
+        &self,
+        policy: &external::ExternalPolicy,
+        _req: &Request<'_>,
+    ) -> Result<auth::Identity, Refusal> {
+        Err(Refusal::new(
+            Reason::AuthUnavailable,
+            format!("no external check client to call {}", policy.url),
+        ))
+    }
+}
 
 /// What the gates look at, gathered from the connection and the request head.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +84,28 @@ pub struct Request<'a> {
     pub params: &'a [(String, String)],
     /// The verified client certificate, on a TLS listener that asked for one.
     pub client_cert: Option<&'a ClientCert>,
+}
+
+/// The header map of a request that carries none.
+static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+
+impl<'a> Request<'a> {
+    /// A plain `ws://` request from `client` for `host` and nothing else: no headers, Origin,
+    /// query, subprotocols, parameters or certificate. Tests, fuzz targets and tools start here
+    /// and set what they need with struct update syntax (`Request { origin, ..Request::new(..) }`).
+    pub fn new(client: IpAddr, host: &'a str) -> Request<'a> {
+        Request {
+            client,
+            tls: false,
+            host,
+            origin: None,
+            headers: &NO_HEADERS,
+            query: None,
+            subprotocols: &[],
+            params: &[],
+            client_cert: None,
+        }
+    }
 }
 
 /// What a verified client certificate says about the client (the TLS identity).
@@ -74,8 +134,7 @@ pub struct Policy {
     pub auth: Option<auth::AuthPolicy>,
     /// What an authenticated client may do here (requires `auth`).
     pub authz: authz::AuthzPolicy,
-    /// Authentication delegated to an HTTP service; the server makes the call between
-    /// [`Policy::before_auth`] and [`Policy::after_auth`].
+    /// Authentication delegated to an HTTP service, called through [`Services::external_check`].
     pub external: Option<external::ExternalPolicy>,
 }
 
@@ -90,27 +149,14 @@ pub struct Admitted {
 }
 
 impl Policy {
-    /// Runs the route's gates in order; the first refusal wins. Routes with an external check
-    /// are driven through [`Policy::before_auth`] and [`Policy::after_auth`] instead, with the
-    /// server's HTTP call in between.
-    pub fn admit(&self, req: &Request<'_>) -> Result<Admitted, Refusal> {
-        self.before_auth(req)?;
-        let (identity, subprotocols) = match &self.auth {
-            Some(a) => {
-                let (id, rest) = a.authenticate(req)?;
-                (Some(id), rest)
-            }
-            // Without an auth gate, a verified certificate is the identity.
-            None => (
-                req.client_cert.map(auth::Identity::from_cert),
-                req.subprotocols.to_vec(),
-            ),
-        };
-        self.after_auth(identity, subprotocols, req)
-    }
-
-    /// The gates before authentication: route firewall, TLS identity, host, origin.
-    pub fn before_auth(&self, req: &Request<'_>) -> Result<(), Refusal> {
+    /// Runs the route's gates in order (firewall, TLS identity, host, origin, authentication,
+    /// authorization); the first refusal wins. The only await is the external check, if the
+    /// route delegates authentication to one.
+    pub async fn admit(
+        &self,
+        req: &Request<'_>,
+        services: &impl Services,
+    ) -> Result<Admitted, Refusal> {
         self.listener_firewall.check(req.client, "listener")?;
         self.firewall.check(req.client, "route")?;
         if self.client_cert_required && req.client_cert.is_none() {
@@ -120,16 +166,31 @@ impl Policy {
             ));
         }
         self.host.check(req.host)?;
-        self.origin.check(req)
-    }
-
-    /// The gate after authentication: authorization over the identity.
-    pub fn after_auth(
-        &self,
-        identity: Option<auth::Identity>,
-        subprotocols: Vec<String>,
-        req: &Request<'_>,
-    ) -> Result<Admitted, Refusal> {
+        self.origin.check(req)?;
+        let (identity, subprotocols) = match (&self.external, &self.auth) {
+            (Some(x), _) => {
+                let id = services.external_check(x, req).await?;
+                // Entries carrying a credential under a configured prefix are never selectable.
+                let rest = auth::strip_prefixed(
+                    req.subprotocols,
+                    x.subprotocol_prefixes.iter().map(String::as_str),
+                );
+                (Some(id), rest)
+            }
+            (None, Some(a)) => {
+                let (id, rest) = if a.basic_users.is_empty() {
+                    a.authenticate(req)?
+                } else {
+                    services.slow(|| a.authenticate(req))?
+                };
+                (Some(id), rest)
+            }
+            // Without an auth gate, a verified certificate is the identity.
+            (None, None) => (
+                req.client_cert.map(auth::Identity::from_cert),
+                req.subprotocols.to_vec(),
+            ),
+        };
         self.authz
             .check(identity.as_ref(), req.client_cert, req.params)?;
         Ok(Admitted {

@@ -1,11 +1,13 @@
 //! The limits gate, last in the pipeline: how fast one address may open handshakes (a token
-//! bucket) and how many connections one address or identity may hold open.
+//! bucket), how many connections one address or identity may hold open, how many the whole
+//! server may ([`Connections`]), and how many handshakes one address may have in progress.
 //!
 //! Time is passed in, so every rule is tested without waiting.
 
 use crate::{Reason, Refusal};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +151,55 @@ impl Drop for Held {
     }
 }
 
+/// Open WebSocket connections across all listeners, against `limits.max_connections`: the last
+/// step of admission, taken once everything else said yes.
+#[derive(Debug)]
+pub struct Connections {
+    max: usize,
+    open: AtomicUsize,
+}
+
+/// One open connection; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(Arc<Connections>);
+
+impl Connections {
+    /// A server-wide count with room for `max` connections.
+    pub fn new(max: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a place, or refuses with 503 `limit.connections` when the server is full.
+    pub fn acquire(self: &Arc<Self>) -> Result<Slot, Refusal> {
+        let prev = self.open.fetch_add(1, Ordering::SeqCst);
+        if prev >= self.max {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refusal::new(
+                Reason::LimitConnections,
+                format!(
+                    "all {} connections of limits.max_connections are open",
+                    self.max
+                ),
+            ));
+        }
+        Ok(Slot(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Connections of each address that have not yet delivered a request head (still in their TLS
 /// handshake, or sending the head slowly). Bounding them per address keeps a client that opens
 /// connections and trickles bytes from holding the server's handshake capacity; every
@@ -218,6 +269,18 @@ impl Drop for Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_slots_are_bounded_and_given_back() {
+        let c = Connections::new(2);
+        let a = c.acquire().unwrap();
+        let _b = c.acquire().unwrap();
+        assert_eq!(c.acquire().unwrap_err().reason, Reason::LimitConnections);
+        assert_eq!(c.open(), 2);
+        drop(a);
+        assert!(c.acquire().is_ok());
+        assert_eq!(c.open(), 1);
+    }
 
     #[test]
     fn handshakes_in_progress_are_bounded_per_address_and_released_on_drop() {

@@ -1,15 +1,21 @@
 //! `wsgate serve`: a strict RFC 6455 gateway whose every refusal carries a catalog reason.
 //!
-//! The crate is the server half of wsgate: configuration ([`config`]), the handshake decision and
-//! listeners ([`server`]), refusal responses ([`refusal`]), connection handling for echo and
-//! channel routes ([`ws`], [`hub`]), upstream relaying ([`proxy`]), TLS ([`tls`]) and
-//! metrics ([`metrics`]).
+//! The crate is the server half of wsgate. One handshake passes four files, each with one job:
+//! `accept.rs` (the connection up to its request head: PROXY header, TLS, HTTP/1.1), `handshake.rs`
+//! (one request start to finish), [`decision`] (every admission step in order, without sockets)
+//! and [`response`] (the 101 or the refusal, with its log line and metric). Around them:
+//! configuration ([`config`]), the server's life ([`server`]), echo and channel connections
+//! ([`ws`], [`hub`]), upstream relaying ([`proxy`], [`relay`]), TLS ([`tls`]) and [`metrics`].
 
 #![forbid(unsafe_code)]
 
+mod accept;
+mod admin;
 pub mod config;
+pub mod decision;
 pub mod extcheck;
 pub mod fdlimit;
+mod handshake;
 pub mod hub;
 pub mod ids;
 pub mod metrics;
@@ -17,8 +23,8 @@ pub mod out;
 pub mod pattern;
 pub mod proxy;
 pub mod proxyproto;
-pub mod refusal;
 pub mod relay;
+pub mod response;
 pub mod routes;
 pub mod server;
 pub mod stream;

@@ -1,6 +1,6 @@
-//! Turning a [`Refusal`] into the answer the client gets, the log line and the metric.
-//!
-//! All three come from one call so a refusal can never be silent in one of them.
+//! The two answers to a handshake, side by side: the 101 that admits it ([`switching_protocols`])
+//! and the refusal ([`refuse`]): the status, code and body the client gets, the log line and the
+//! metric, all from one call so a refusal can never be silent in one of them.
 
 use crate::config::Explain;
 use crate::metrics::Metrics;
@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wsgate_handshake::Refusal;
+use wsgate_handshake::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL};
 use wsgate_reasons::{Reason, REASON_HEADER, REQUEST_ID_HEADER};
 
 /// The body type of every response wsgate writes itself.
@@ -104,6 +105,30 @@ impl LogLimiter {
             None
         }
     }
+}
+
+/// The 101 that admits a handshake: the accept key, the chosen subprotocol (never a credential
+/// entry: those were removed before the choice) and the request id a client can quote.
+pub fn switching_protocols(
+    accept: &str,
+    subprotocol: Option<&str>,
+    request_id: &str,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = subprotocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+    resp
 }
 
 /// Logs and counts the refusal, and builds the response.

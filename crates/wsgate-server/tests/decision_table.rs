@@ -1,12 +1,17 @@
 //! The handshake decision as one table, without sockets: a configuration parsed from text, then each
-//! request head through the steps the server takes, in its order (framing, global firewall, route
-//! lookup, RFC 6455, the route's gates, limits), ending in an admission or a refusal's code.
+//! request head through `Gatekeeper::decide`, the very function the server calls (framing, global
+//! firewall, route lookup, RFC 6455, the route's gates, limits, subprotocol choice, connection
+//! slot), ending in an admission or a refusal's code. The external check is answered from memory.
+//! Also here: the order of the steps, proven by peeling one fault at a time off a request that
+//! has them all, and the README's table checked against `decision::STEPS`.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use std::net::IpAddr;
-use std::time::Instant;
+use wsgate_admission::auth::Identity;
+use wsgate_admission::external::ExternalPolicy;
+use wsgate_admission::{Reason, Refusal, Services};
 use wsgate_server::config::Config;
-use wsgate_server::routes::Router;
+use wsgate_server::decision::{Admit, Gatekeeper, Handshake, STEPS};
 
 const CONFIG: &str = r#"
 [[listener]]
@@ -31,6 +36,14 @@ allow_missing_origin = true
 path = "/ws/internal"
 kind = "echo"
 firewall = { allow = ["10.0.0.0/8"] }
+
+[[route]]
+path = "/ws/checked"
+kind = "echo"
+[route.auth]
+sources = ["bearer", "subprotocol:token."]
+[route.auth.external]
+url = "http://127.0.0.1:9/check"
 
 [[route]]
 path = "/ws/chat/{room}"
@@ -75,58 +88,84 @@ fn head(path: &str, extra: &[(&str, &str)]) -> Head {
     (Method::GET, path.parse().expect("a path"), h)
 }
 
-/// The server's steps in its order; `Ok(subprotocol)` when admitted, else the refusal's code.
-fn decide(
-    config: &Config,
-    router: &Router,
-    limits: &std::sync::Arc<wsgate_admission::limits::Limits>,
-    peer: &str,
-    (method, uri, headers): Head,
-) -> Result<Option<String>, &'static str> {
-    let global = wsgate_admission::Global {
-        firewall: config.firewall.rules.clone(),
-        trusted_proxies: config.firewall.trusted_proxies.clone(),
-        client_header: config.firewall.client_address_header,
-        bans: None,
-    };
-    let code = |r: wsgate_handshake::Refusal| r.reason.code();
-    wsgate_handshake::check_framing(&method, &uri, &headers, config.limits.head).map_err(code)?;
-    let peer: IpAddr = peer.parse().expect("an address");
-    let client = global.client(peer, &headers);
-    global.check(client.ip, Instant::now()).map_err(code)?;
-    let m = router.find(uri.path()).ok_or("route.not_found")?;
-    let hs = wsgate_handshake::validate(&method, Version::HTTP_11, &headers).map_err(code)?;
-    let view = wsgate_admission::Request {
-        client: client.ip,
-        tls: false,
-        host: &hs.host,
-        origin: hs.origin.as_deref(),
-        headers: &headers,
-        query: uri.query(),
-        subprotocols: &hs.subprotocols,
-        params: &m.params,
-        client_cert: None,
-    };
-    let admitted = m.route.policy(0).gates.admit(&view).map_err(code)?;
-    let identity = admitted.identity.as_ref().map(|i| i.name.as_str());
-    // Held for the rest of the table, as an open connection holds it.
-    let held = limits
-        .admit(client.ip, identity, Instant::now())
-        .map_err(code)?;
-    std::mem::forget(held);
-    let chosen =
-        wsgate_handshake::select_subprotocol(&admitted.subprotocols, &m.route.subprotocols);
-    if chosen.is_none() && !admitted.subprotocols.is_empty() {
-        return Err("subprotocol.unsupported");
+/// The external check service, answered from memory: `Bearer ok` is alice, `Bearer ok2` bob,
+/// anything else 401.
+struct Memory;
+
+impl Services for Memory {
+    async fn external_check(
+        &self,
+        policy: &ExternalPolicy,
+        req: &wsgate_admission::Request<'_>,
+    ) -> Result<Identity, Refusal> {
+        let name = match req.headers.get("authorization").map(|v| v.as_bytes()) {
+            Some(b"Bearer ok") => "alice",
+            Some(b"Bearer ok2") => "bob",
+            _ => "",
+        };
+        match name {
+            "alice" | "bob" => Ok(Identity {
+                name: name.into(),
+                source: "external".into(),
+                claims: None,
+                scopes: Vec::new(),
+            }),
+            _ => Err(Refusal::new(
+                Reason::AuthInvalid,
+                format!("{} answered 401", policy.url),
+            )),
+        }
     }
-    Ok(chosen.map(str::to_owned))
+}
+
+/// One decision on listener 0 from `peer`; admissions are kept in `open`, as open connections
+/// hold their places.
+fn decide(
+    gate: &Gatekeeper,
+    open: &mut Vec<Admit>,
+    peer: &str,
+    (method, uri, headers): &Head,
+) -> Result<Option<String>, &'static str> {
+    decide_with(gate, open, peer, None, (method, uri, headers))
+}
+
+/// [`decide`] with a verified client certificate.
+fn decide_with(
+    gate: &Gatekeeper,
+    open: &mut Vec<Admit>,
+    peer: &str,
+    client_cert: Option<&wsgate_admission::ClientCert>,
+    (method, uri, headers): (&Method, &http::Uri, &HeaderMap),
+) -> Result<Option<String>, &'static str> {
+    let req = Handshake {
+        method,
+        uri,
+        version: Version::HTTP_11,
+        headers,
+        peer: peer.parse::<IpAddr>().expect("an address"),
+        tls: false,
+        listener: 0,
+        client_cert,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let decision = runtime.block_on(gate.decide(&req, &Memory));
+    let admit = decision.outcome.map_err(|r| r.reason.code())?;
+    let chosen = admit.subprotocol.clone();
+    open.push(admit);
+    Ok(chosen)
+}
+
+fn gatekeeper(text: &str) -> Gatekeeper {
+    let config = Config::parse(text, "table.toml").expect("the table's configuration is valid");
+    Gatekeeper::new(&config)
 }
 
 #[test]
 fn the_whole_admit_refuse_table() {
-    let config = Config::parse(CONFIG, "table.toml").expect("the table's configuration is valid");
-    let router = Router::new(&config.routes);
-    let limits = wsgate_admission::limits::Limits::new(config.limits.clients);
+    let gate = gatekeeper(CONFIG);
+    let mut open = Vec::new();
     let bearer = format!("Bearer {KEY}");
     let token_entry = format!("chat.v1, token.{KEY}, token.{KEY}");
     let long_cookie = "a".repeat(9000);
@@ -250,6 +289,30 @@ fn the_whole_admit_refuse_table() {
             Err("limit.client_connections"),
         ),
         (
+            "external check says yes",
+            "192.0.2.1",
+            head("/ws/checked", &[("authorization", "Bearer ok")]),
+            Ok(None),
+        ),
+        (
+            "external check says no",
+            "192.0.2.1",
+            head("/ws/checked", &[("authorization", "Bearer no")]),
+            Err("auth.invalid"),
+        ),
+        (
+            "external check: a token entry is never a subprotocol",
+            "192.0.2.1",
+            head(
+                "/ws/checked",
+                &[
+                    ("authorization", "Bearer ok2"),
+                    ("sec-websocket-protocol", "token.x"),
+                ],
+            ),
+            Ok(None),
+        ),
+        (
             "unsupported subprotocol",
             "192.0.2.1",
             head("/ws/echo", &[("sec-websocket-protocol", "v9")]),
@@ -257,7 +320,194 @@ fn the_whole_admit_refuse_table() {
         ),
     ];
     for (name, peer, request, want) in table {
-        let got = decide(&config, &router, &limits, peer, request);
+        let got = decide(&gate, &mut open, peer, &request);
         assert_eq!(got, want.map(|p| p.map(str::to_owned)), "{name}");
+    }
+}
+
+/// A configuration where one route has a fault for every step, each fixable on its own.
+const STRICT: &str = r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[limits]
+max_connections = 2
+max_connections_per_identity = 1
+
+[firewall]
+deny = ["203.0.113.0/24"]
+
+[[route]]
+path = "/ws/strict"
+kind = "echo"
+firewall = { deny = ["10.0.0.5"] }
+client_cert = "required"
+hosts = ["gw.test"]
+origins = ["https://app.test"]
+subprotocols = ["chat.v1"]
+[route.auth]
+sources = ["bearer"]
+api_keys = [
+  { name = "reader", sha256 = "69729a2923fe470c6b2ebca64aaf470e4f9c163b30b37171b0485433974700d2", scopes = ["read"] },
+  { name = "writer", sha256 = "d60c74492ce54d9857b1bf11705dd80c49394aea92a8689b797ed35a75d42d48", scopes = ["write"] },
+]
+[route.authz]
+require_scopes = ["write"]
+
+[[route]]
+path = "/ws/open"
+kind = "echo"
+[route.auth]
+sources = ["bearer"]
+api_keys = [
+  { name = "writer", sha256 = "d60c74492ce54d9857b1bf11705dd80c49394aea92a8689b797ed35a75d42d48", scopes = ["write"] },
+]
+
+[[route]]
+path = "/ws/anonymous"
+kind = "echo"
+"#;
+
+/// The order of the steps, proven on the code: a request with a fault for every step is refused
+/// by the first step; fixing that fault, the next step refuses; and so on to the admission. The
+/// steps met are `decision::STEPS` without the two that run outside the decision.
+#[test]
+fn steps_run_in_the_documented_order() {
+    // Draining comes first: even a request full of faults is told only that.
+    let draining = gatekeeper(STRICT);
+    draining.start_draining();
+    let mut open = Vec::new();
+    let faulty = head("/ws/nope", &[("content-length", "5")]);
+    assert_eq!(
+        decide(&draining, &mut open, "203.0.113.9", &faulty),
+        Err("server.draining")
+    );
+
+    let gate = gatekeeper(STRICT);
+    let cert = wsgate_admission::ClientCert {
+        subject: "CN=alice".into(),
+        sans: Vec::new(),
+    };
+    // The writer already holds its one connection, and an anonymous client holds the other slot.
+    let mut holders = Vec::new();
+    let writer = [("authorization", "Bearer writer-key-01")];
+    assert!(decide(&gate, &mut holders, "10.0.0.9", &head("/ws/open", &writer)).is_ok());
+
+    let mut path = "/ws/nope";
+    let mut peer = "203.0.113.9";
+    let mut with_cert = None;
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-length", "5"),
+        ("sec-websocket-version", "8"),
+        ("host", "evil.test"),
+        ("origin", "https://evil.test"),
+        ("sec-websocket-protocol", "v9"),
+    ];
+    let mut met = vec![("draining", "server.draining")];
+    let step_of = |code: &str, after: usize| {
+        STEPS
+            .iter()
+            .enumerate()
+            .skip(after)
+            .find(|(_, s)| s.reasons.iter().any(|r| r.code() == code))
+            .map(|(i, s)| (i, s.name))
+    };
+    let mut last = 1;
+    for fix in 0.. {
+        let request = head(path, &headers);
+        let mut open = Vec::new();
+        let got = decide_with(
+            &gate,
+            &mut open,
+            peer,
+            with_cert.as_ref(),
+            (&request.0, &request.1, &request.2),
+        );
+        let Err(code) = got else {
+            assert_eq!(got, Ok(Some("chat.v1".into())), "admitted in the end");
+            break;
+        };
+        let (i, name) = step_of(code, last).unwrap_or_else(|| panic!("{code} out of order"));
+        met.push((name, code));
+        last = i;
+        match fix {
+            0 => headers.retain(|(k, _)| *k != "content-length"),
+            1 => peer = "10.0.0.5",
+            2 => path = "/ws/strict",
+            3 => headers.retain(|(k, _)| *k != "sec-websocket-version"),
+            4 => peer = "10.0.0.6",
+            5 => with_cert = Some(cert.clone()),
+            6 => headers.retain(|(k, _)| *k != "host"),
+            7 => headers.retain(|(k, _)| *k != "origin"),
+            8 => headers.push(("authorization", "Bearer reader-key-01")),
+            9 => {
+                headers.retain(|(k, _)| *k != "authorization");
+                headers.extend(writer);
+            }
+            10 => {
+                // The writer's own connection ends; another client takes the free slot.
+                holders.clear();
+                let anon = head("/ws/anonymous", &[]);
+                assert!(decide(&gate, &mut holders, "10.0.0.7", &anon).is_ok());
+                assert!(decide(&gate, &mut holders, "10.0.0.8", &anon).is_ok());
+            }
+            11 => headers.retain(|(k, _)| *k != "sec-websocket-protocol"),
+            12 => holders.clear(),
+            _ => panic!("still refused after every fix: {code}"),
+        }
+        if fix == 11 {
+            headers.push(("sec-websocket-protocol", "chat.v1"));
+        }
+    }
+    let names: Vec<&str> = met.iter().map(|(n, _)| *n).collect();
+    let inside: Vec<&str> = STEPS[1..STEPS.len() - 1].iter().map(|s| s.name).collect();
+    assert_eq!(names, inside, "codes met: {met:?}");
+}
+
+/// The README's table of admission steps lists `decision::STEPS`, in order, with their codes.
+#[test]
+fn the_readme_table_is_the_code_order() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("| step | refuses with | notes |")
+        .expect("the README has the table");
+    let rows: Vec<Vec<&str>> = readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    let steps: Vec<&str> = STEPS.iter().map(|s| s.name).collect();
+    assert_eq!(names, steps);
+    for (row, step) in rows.iter().zip(STEPS) {
+        let codes: Vec<&str> = row[2]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|c| c.contains('.'))
+            .collect();
+        let listed = |code: &str| {
+            codes.iter().any(|c| match c.strip_suffix('*') {
+                Some(prefix) => code.starts_with(prefix),
+                None => *c == code,
+            })
+        };
+        for r in step.reasons {
+            assert!(
+                listed(r.code()),
+                "{}: {} not in the README",
+                step.name,
+                r.code()
+            );
+        }
+        for c in &codes {
+            assert!(
+                step.reasons.iter().any(|r| r.code() == *c
+                    || c.strip_suffix('*').is_some_and(|p| r.code().starts_with(p))),
+                "{}: the README lists {c}, which the step does not refuse with",
+                step.name
+            );
+        }
     }
 }

@@ -109,7 +109,7 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
                 println!("  on listener[{l}]:");
             }
             print_policy(
-                &rp.gates,
+                rp,
                 if config.listeners.len() > 1 {
                     "    "
                 } else {

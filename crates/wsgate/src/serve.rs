@@ -130,13 +130,12 @@ fn banner(config: &Config, server: &Server) {
             .map(|b| format!("{}://{}", if b.tls { "wss" } else { "ws" }, b.address));
         for r in config.routes.iter().filter(|r| {
             r.policy(0)
-                .gates
                 .auth
                 .as_ref()
                 .is_some_and(|a| a.api_keys.iter().any(|k| k.name == "dev"))
         }) {
             let path = r.path.replace("{room}", "lobby");
-            let sources = r.policy(0).gates.auth.iter().flat_map(|a| a.sources.iter());
+            let sources = r.policy(0).auth.iter().flat_map(|a| a.sources.iter());
             for source in sources {
                 if let (Source::Query(name), Some(base)) = (source, &base) {
                     println!("try: python3 -m websockets '{base}{path}?{name}={token}'");

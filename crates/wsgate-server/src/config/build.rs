@@ -72,7 +72,7 @@ pub(super) fn policies(
             let mut p = build_policy(&merged, &route.path, &at, &mut dev_token, base, files)
                 .map_err(err)?;
             let listener_fw = lp.firewall.clone().unwrap_or_default();
-            p.gates.listener_firewall =
+            p.listener_firewall =
                 wsgate_admission::firewall::IpRules::parse(&listener_fw.allow, &listener_fw.deny)
                     .map_err(|(k, m)| err((format!("listener[{l}].policy.firewall.{k}"), m)))?;
             route.policies.push(p);
@@ -101,8 +101,20 @@ fn build_policy(
         .map_err(|(k, m)| (format!("{at}.firewall.{k}"), m))?;
     let host = wsgate_admission::host::HostPolicy::parse(p.hosts.as_deref().unwrap_or(&[]))
         .map_err(|(j, m)| (format!("{at}.hosts[{j}]"), m))?;
-    let (external_policy, external) = match p.auth.as_ref().and_then(|a| a.external.as_ref()) {
-        None => (None, None),
+    // Subprotocol entries under these prefixes carry credentials: the external check gets
+    // them, the selection never does (key and JWT routes keep them in their AuthPolicy).
+    let token_prefixes: Vec<String> = p
+        .auth
+        .as_ref()
+        .and_then(|a| a.sources.as_ref())
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.strip_prefix("subprotocol:").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let external = match p.auth.as_ref().and_then(|a| a.external.as_ref()) {
+        None => None,
         Some(x) => {
             let k = |f: &str| format!("{at}.auth.external.{f}");
             if let Some(a) = &p.auth {
@@ -113,7 +125,7 @@ fn build_policy(
                         ));
                 }
             }
-            let target = parse_http_target(&x.url).map_err(|m| (k("url"), m))?;
+            let endpoint = parse_http_target(&x.url).map_err(|m| (k("url"), m))?;
             let dur = |f: &str, v: &Option<String>, d: Duration| match v {
                 None => Ok(d),
                 Some(s) if s.trim() == "0s" => Ok(Duration::ZERO),
@@ -125,6 +137,7 @@ fn build_policy(
             };
             let policy = wsgate_admission::external::ExternalPolicy {
                 url: x.url.clone(),
+                endpoint,
                 timeout: dur("timeout", &x.timeout, Duration::from_secs(2))?,
                 cache_ttl: dur("cache_ttl", &x.cache_ttl, Duration::ZERO)?,
                 identity_header: header(
@@ -136,20 +149,11 @@ fn build_policy(
                     .iter()
                     .map(|h| header("identity_headers", h))
                     .collect::<Result<_, _>>()?,
+                subprotocol_prefixes: token_prefixes,
             };
-            (Some(policy), Some(target))
+            Some(policy)
         }
     };
-    let token_prefixes: Vec<String> = p
-        .auth
-        .as_ref()
-        .and_then(|a| a.sources.as_ref())
-        .map(|v| {
-            v.iter()
-                .filter_map(|s| s.strip_prefix("subprotocol:").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
     let auth = match p.auth.as_ref().filter(|a| a.external.is_none()) {
         None => None,
         Some(a) => Some(
@@ -173,18 +177,14 @@ fn build_policy(
         }
     };
     Ok(RoutePolicy {
-        gates: wsgate_admission::Policy {
-            client_cert_required: p.client_cert == Some(ClientCertRule::Required),
-            listener_firewall: Default::default(),
-            firewall,
-            host,
-            origin,
-            auth,
-            authz,
-            external: external_policy,
-        },
+        client_cert_required: p.client_cert == Some(ClientCertRule::Required),
+        listener_firewall: Default::default(),
+        firewall,
+        host,
+        origin,
+        auth,
+        authz,
         external,
-        token_prefixes,
     })
 }
 

@@ -123,10 +123,7 @@ mod tests {
             b"a-secret-of-at-least-thirty-two-bytes!!\n".to_vec(),
         )]));
         let c = from_text(&text, "mem.toml", base, &files).unwrap();
-        assert_eq!(
-            c.routes[0].policy(0).gates.auth.as_ref().unwrap().jwt.len(),
-            1
-        );
+        assert_eq!(c.routes[0].policy(0).auth.as_ref().unwrap().jwt.len(), 1);
         assert_eq!(
             c.routes[0].pattern,
             crate::pattern::Pattern::parse("/ws").unwrap()
@@ -232,7 +229,7 @@ mod tests {
         let text = &readme[start..start + readme[start..].find("```").expect("closed")];
         let c = parse(text).unwrap_or_else(|e| panic!("README example: {e}"));
         assert!(c.listeners[0].tls.is_some() && c.routes.len() == 2);
-        assert!(!c.routes[0].policy(0).gates.authz.is_empty());
+        assert!(!c.routes[0].policy(0).authz.is_empty());
     }
 
     #[test]

@@ -192,16 +192,8 @@ impl Route {
     }
 }
 
-/// A route's effective admission settings on one listener.
-#[derive(Debug, Clone)]
-pub struct RoutePolicy {
-    /// The gates' settings.
-    pub gates: wsgate_admission::Policy,
-    /// Where the external check of `gates.external` is sent.
-    pub external: Option<HttpTarget>,
-    /// Subprotocol prefixes that carry credentials (removed before selection).
-    pub token_prefixes: Vec<String>,
-}
+/// A route's effective admission settings on one listener: its gates.
+pub type RoutePolicy = wsgate_admission::Policy;
 
 /// An `http://` or `https://` service wsgate calls (the external check): the workspace's one
 /// endpoint type.
