@@ -5,7 +5,7 @@
 //! connection slot. No sockets and no hyper types: what it needs from outside comes through
 //! [`Services`], so the whole admit/refuse table is tested without a server.
 
-use crate::config::{Config, RouteKind};
+use crate::config::{Config, Route, RouteKind};
 use crate::routes::{Match, Router};
 use http::{HeaderMap, Method, Uri, Version};
 use std::net::IpAddr;
@@ -143,12 +143,16 @@ pub struct Decision<'g> {
     /// The route the path matched, if any.
     pub route: Option<Match<'g>>,
     /// Admitted, or the first refusal.
-    pub outcome: Result<Admit, Refusal>,
+    pub outcome: Result<Admit<'g>, Refusal>,
 }
 
 /// An admitted handshake: what the 101 and the connection need, and the places it holds.
 #[derive(Debug)]
-pub struct Admit {
+pub struct Admit<'g> {
+    /// The route admitted to.
+    pub route: &'g Route,
+    /// Its position in the configuration (channel rooms are per route).
+    pub route_index: usize,
     /// `Sec-WebSocket-Accept` for the 101.
     pub accept: String,
     /// The subprotocol chosen for the client (a proxy route's upstream may still choose).
@@ -232,13 +236,13 @@ impl Gatekeeper {
         }
     }
 
-    async fn steps(
+    async fn steps<'g>(
         &self,
         req: &Handshake<'_>,
         client: &ClientAddress,
-        route: Option<&Match<'_>>,
+        route: Option<&Match<'g>>,
         services: &impl Services,
-    ) -> Result<Admit, Refusal> {
+    ) -> Result<Admit<'g>, Refusal> {
         if self.draining() {
             return Err(Refusal::new(
                 Reason::ServerDraining,
@@ -274,6 +278,8 @@ impl Gatekeeper {
         let subprotocol = choose_subprotocol(m.route, &offered)?;
         let slot = self.connections.acquire()?;
         Ok(Admit {
+            route: m.route,
+            route_index: m.index,
             accept: hs.accept,
             subprotocol,
             offered,
@@ -286,10 +292,7 @@ impl Gatekeeper {
 
 /// The route's subprotocol for what the client offered. A proxy route that lists none lets the
 /// upstream choose, so nothing is refused here.
-fn choose_subprotocol(
-    route: &crate::config::Route,
-    offered: &[String],
-) -> Result<Option<String>, Refusal> {
+fn choose_subprotocol(route: &Route, offered: &[String]) -> Result<Option<String>, Refusal> {
     let chosen = select_subprotocol(offered, &route.subprotocols).map(str::to_owned);
     if route.kind == RouteKind::Proxy && route.subprotocols.is_empty() {
         return Ok(chosen);

@@ -75,23 +75,16 @@ pub(crate) async fn handle(
             "Forwarded/X-Forwarded-For from a peer that is not in firewall.trusted_proxies: ignored"
         );
     }
-    let route = decision.route.as_ref().map(|m| (m.index, m.route));
-    let refuse = |refusal: Refusal| {
-        let route = route.map(|(_, r)| r.path.as_str());
-        refuse_with(&refusal, &ctx, &request_id, client, route, &path)
-    };
+    let route_path = decision.route.as_ref().map(|m| m.route.path.as_str());
+    let refuse =
+        |refusal: Refusal| refuse_with(&refusal, &ctx, &request_id, client, route_path, &path);
     let admit = match decision.outcome {
         Ok(a) => a,
         Err(r) => return Ok(refuse(r)),
     };
-    let Some((route_idx, route)) = route else {
-        // An admission always has a route; this arm only keeps the compiler honest.
-        return Ok(refuse(Refusal::new(
-            wsgate_handshake::Reason::RouteNotFound,
-            format!("no route matches the path {path:?}"),
-        )));
-    };
     let Admit {
+        route,
+        route_index: route_idx,
         accept,
         mut subprotocol,
         offered,

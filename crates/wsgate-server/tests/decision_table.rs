@@ -120,9 +120,9 @@ impl Services for Memory {
 
 /// One decision on listener 0 from `peer`; admissions are kept in `open`, as open connections
 /// hold their places.
-fn decide(
-    gate: &Gatekeeper,
-    open: &mut Vec<Admit>,
+fn decide<'g>(
+    gate: &'g Gatekeeper,
+    open: &mut Vec<Admit<'g>>,
     peer: &str,
     (method, uri, headers): &Head,
 ) -> Result<Option<String>, &'static str> {
@@ -130,9 +130,9 @@ fn decide(
 }
 
 /// [`decide`] with a verified client certificate.
-fn decide_with(
-    gate: &Gatekeeper,
-    open: &mut Vec<Admit>,
+fn decide_with<'g>(
+    gate: &'g Gatekeeper,
+    open: &mut Vec<Admit<'g>>,
     peer: &str,
     client_cert: Option<&wsgate_admission::ClientCert>,
     (method, uri, headers): (&Method, &http::Uri, &HeaderMap),
