@@ -259,9 +259,9 @@ async fn proxy_mode(
                     .await
                     .map_err(|e| format!("{} proxy: {e}", s.name))?;
                 let (c1, s1, u1) = (cpu_secs("self"), cpu_secs(&spid), cpu_secs(&upid));
-                let e = per.entry(s.name).or_default();
-                e.0.push(Sample::of(&r, s1 - s0, c1 - c0));
-                e.1.push(u1 - u0);
+                let (samples, upstream_cpu) = per.entry(s.name).or_default();
+                samples.push(Sample::of(&r, s1 - s0, c1 - c0));
+                upstream_cpu.push(u1 - u0);
             }
         }
         for (name, (samples, up)) in &per {
@@ -450,8 +450,8 @@ connect_timeout = "10s"
     let flat = report
         .verdicts(&soak::TOLERANCE)
         .iter()
-        .filter(|v| v.0 != "round-trip p99")
-        .all(|v| v.3);
+        .filter(|v| v.what != "round-trip p99")
+        .all(|v| v.flat);
     let ok = report.nothing_left_behind() && flat && report.failed == 0;
     if !ok {
         eprintln!("soak: NOT flat, or something was left behind or failed: see the table");

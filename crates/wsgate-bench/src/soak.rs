@@ -486,31 +486,31 @@ pub const TOLERANCE: Tolerance = Tolerance {
 };
 
 impl SoakReport {
-    /// Per figure: (name, start, end, flat?).
-    pub fn verdicts(&self, t: &Tolerance) -> Vec<(&'static str, String, String, bool)> {
+    /// Each figure at the start and the end of the load, judged against the tolerance.
+    pub fn verdicts(&self, t: &Tolerance) -> Vec<Verdict> {
         let slack = (self.connections as f64 * t.count_share).ceil() as u64 + 2;
         let near = |a: u64, b: u64| a.abs_diff(b) <= slack;
         vec![
-            (
+            verdict(
                 "RSS",
                 mib(self.start.rss),
                 mib(self.end.rss),
                 (self.end.rss as f64)
                     <= self.start.rss as f64 * (1.0 + t.rss_share) + t.rss_bytes as f64,
             ),
-            (
+            verdict(
                 "open descriptors",
                 self.start.fds.to_string(),
                 self.end.fds.to_string(),
                 near(self.start.fds, self.end.fds),
             ),
-            (
+            verdict(
                 "runtime tasks",
                 self.start.tasks.to_string(),
                 self.end.tasks.to_string(),
                 near(self.start.tasks, self.end.tasks),
             ),
-            (
+            verdict(
                 "round-trip p99",
                 format!("{:.2} ms", self.start.p99_us as f64 / 1000.0),
                 format!("{:.2} ms", self.end.p99_us as f64 / 1000.0),
@@ -531,7 +531,13 @@ impl SoakReport {
              | figure | start | end | flat |\n|---|---|---|---|\n",
             self.connections, self.seconds, self.opened, self.failed
         );
-        for (name, start, end, ok) in self.verdicts(t) {
+        for Verdict {
+            what: name,
+            start,
+            end,
+            flat: ok,
+        } in self.verdicts(t)
+        {
             md.push_str(&format!(
                 "| {name} | {start} | {end} | {} |\n",
                 if ok { "yes" } else { "NO" }
@@ -572,6 +578,27 @@ impl SoakReport {
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// One figure of the soak, at the start and the end, and whether it stayed flat.
+pub struct Verdict {
+    /// What was measured, e.g. `RSS`.
+    pub what: &'static str,
+    /// After the warm-up.
+    pub start: String,
+    /// At the end of the load.
+    pub end: String,
+    /// Within the tolerance.
+    pub flat: bool,
+}
+
+fn verdict(what: &'static str, start: String, end: String, flat: bool) -> Verdict {
+    Verdict {
+        what,
+        start,
+        end,
+        flat,
+    }
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ async fn confirm_tls(opts: &Options, target: &Target, tls: &Tls) -> Reason {
     // A certificate complaint also proves that the port speaks TLS.
     let speaks_tls = o.steps.iter().any(|s| s.name == "tls" && s.ok)
         || matches!(
-            o.failure.as_ref().map(|f| f.0),
+            o.failure.as_ref().map(|(reason, _)| *reason),
             Some(
                 Reason::TlsUntrusted
                     | Reason::TlsExpired

@@ -20,9 +20,17 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Plain TCP whose first bytes the HTTP parser already read (the client sent frames right
     /// behind its request): those come first. Rare, so boxed.
-    ReadAhead(Box<(Bytes, TcpStream)>),
+    ReadAhead(Box<ReadAhead>),
     /// Anything else (TLS): through hyper.
     Upgraded(TokioIo<Upgraded>),
+}
+
+/// A socket behind bytes already read from it.
+pub struct ReadAhead {
+    /// What the HTTP parser read past the request head; served first.
+    head: Bytes,
+    /// The socket.
+    tcp: TcpStream,
 }
 
 impl Stream {
@@ -36,7 +44,10 @@ impl Stream {
                     drop(read_buf);
                     Stream::Tcp(io.into_inner())
                 } else {
-                    Stream::ReadAhead(Box::new((read_buf, io.into_inner())))
+                    Stream::ReadAhead(Box::new(ReadAhead {
+                        head: read_buf,
+                        tcp: io.into_inner(),
+                    }))
                 }
             }
             Err(upgraded) => Stream::Upgraded(TokioIo::new(upgraded)),
@@ -53,9 +64,9 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ReadAhead(b) => {
-                let (head, s) = &mut **b;
+                let ReadAhead { head, tcp } = &mut **b;
                 if head.is_empty() {
-                    return Pin::new(s).poll_read(cx, buf);
+                    return Pin::new(tcp).poll_read(cx, buf);
                 }
                 let n = head.len().min(buf.remaining());
                 buf.put_slice(&head[..n]);
@@ -75,7 +86,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::ReadAhead(b) => Pin::new(&mut b.1).poll_write(cx, buf),
+            Stream::ReadAhead(b) => Pin::new(&mut b.tcp).poll_write(cx, buf),
             Stream::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -87,7 +98,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::ReadAhead(b) => Pin::new(&mut b.1).poll_write_vectored(cx, bufs),
+            Stream::ReadAhead(b) => Pin::new(&mut b.tcp).poll_write_vectored(cx, bufs),
             Stream::Upgraded(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -95,7 +106,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::ReadAhead(b) => b.1.is_write_vectored(),
+            Stream::ReadAhead(b) => b.tcp.is_write_vectored(),
             Stream::Upgraded(s) => s.is_write_vectored(),
         }
     }
@@ -103,7 +114,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::ReadAhead(b) => Pin::new(&mut b.1).poll_flush(cx),
+            Stream::ReadAhead(b) => Pin::new(&mut b.tcp).poll_flush(cx),
             Stream::Upgraded(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -111,7 +122,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::ReadAhead(b) => Pin::new(&mut b.1).poll_shutdown(cx),
+            Stream::ReadAhead(b) => Pin::new(&mut b.tcp).poll_shutdown(cx),
             Stream::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

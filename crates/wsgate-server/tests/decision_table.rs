@@ -414,14 +414,14 @@ fn steps_run_in_the_documented_order() {
     };
     let mut last = 1;
     for fix in 0.. {
-        let request = head(path, &headers);
+        let (method, uri, request) = head(path, &headers);
         let mut open = Vec::new();
         let got = decide_with(
             &gate,
             &mut open,
             peer,
             with_cert.as_ref(),
-            (&request.0, &request.1, &request.2),
+            (&method, &uri, &request),
         );
         let Err(code) = got else {
             assert_eq!(got, Ok(Some("chat.v1".into())), "admitted in the end");
