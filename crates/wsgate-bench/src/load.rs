@@ -1,9 +1,8 @@
 //! The load generator: echo throughput and latency (one message in flight per connection, or K),
-//! handshake rate, fan-out and idle connections. The echo client writes prebuilt frames and only
+//! handshake rate and idle connections (fan-out is in `fanout.rs`). The echo client writes prebuilt frames and only
 //! walks the headers of the answers, so it costs less than any server it loads; its own CPU time
 //! is reported beside the server's to show it is not the limit.
 
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
@@ -331,97 +330,16 @@ pub async fn handshakes(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Fan-out results.
-#[derive(Debug, Clone, Serialize)]
-pub struct FanoutResult {
-    /// Deliveries (messages × subscribers) per second.
-    pub deliveries_per_sec: f64,
-    /// Publish-to-delivery latency at the 99th percentile, microseconds.
-    pub p99_us: u64,
-    /// Publish to the last subscriber's delivery, worst message, microseconds.
-    pub max_us: u64,
-}
-
-/// One publisher, `subscribers` members of one room, `messages` publishes of 64 bytes.
-pub async fn fanout(
-    addr: SocketAddr,
-    path: &str,
-    subscribers: usize,
-    messages: u64,
-) -> std::io::Result<FanoutResult> {
-    let origin = Instant::now();
-    let mut subs = Vec::new();
-    for i in 0..subscribers {
-        let source: IpAddr = format!("127.0.0.{}", 2 + i % 200)
-            .parse()
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let stream = connect(addr, path, &[], Some(source)).await?;
-        subs.push(tokio::spawn(async move {
-            let mut ws = WebSocket::after_handshake(stream, Role::Client);
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok();
-            let mut got = 0;
-            while got < messages {
-                let Ok(Ok(f)) =
-                    tokio::time::timeout(Duration::from_secs(30), ws.read_frame()).await
-                else {
-                    break;
-                };
-                if f.opcode != OpCode::Binary || f.payload.len() < 8 {
-                    continue;
-                }
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&f.payload[..8]);
-                let sent = u64::from_le_bytes(b);
-                let now = origin.elapsed().as_micros() as u64;
-                if let Some(h) = hist.as_mut() {
-                    let _ = h.record(now.saturating_sub(sent).max(1));
-                }
-                got += 1;
-            }
-            (got, hist)
-        }));
-    }
-    let stream = connect(addr, path, &[], None).await?;
-    let mut publisher = WebSocket::after_handshake(stream, Role::Client);
-    let started = Instant::now();
-    let mut payload = vec![0u8; 64];
-    for _ in 0..messages {
-        let t = origin.elapsed().as_micros() as u64;
-        payload[..8].copy_from_slice(&t.to_le_bytes());
-        publisher
-            .write_frame(Frame::binary(Payload::Borrowed(&payload)))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        // Paced a little so the room's queues (256 per member) are not the thing measured.
-        tokio::task::yield_now().await;
-    }
-    let mut delivered = 0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    for s in subs {
-        if let Ok((n, h)) = s.await {
-            delivered += n;
-            if let Some(h) = h {
-                let _ = hist.add(h);
-            }
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(FanoutResult {
-        deliveries_per_sec: delivered as f64 / secs,
-        p99_us: hist.value_at_quantile(0.99),
-        max_us: hist.max(),
-    })
-}
-
 /// Opens `count` idle connections (spread over source addresses) and keeps them until dropped.
+/// A `{room}` in `path` becomes one of 1,000 room numbers, in turn.
 pub async fn idle(addr: SocketAddr, path: &str, count: usize) -> std::io::Result<Vec<TcpStream>> {
     let mut conns = Vec::with_capacity(count);
     for i in 0..count {
         let source: IpAddr = format!("127.0.0.{}", 2 + i % 200)
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        conns.push(connect(addr, path, &[], Some(source)).await?);
+        let path = path.replace("{room}", &(i % 1000).to_string());
+        conns.push(connect(addr, &path, &[], Some(source)).await?);
     }
     Ok(conns)
 }

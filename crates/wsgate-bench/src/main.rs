@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod fanout;
 mod load;
 mod report;
 mod run;

@@ -89,7 +89,29 @@ pub struct EchoCase {
 pub fn echo(cases: &[EchoCase]) -> (String, serde_json::Value) {
     let mut echo_rows = Vec::new();
     let mut md = String::from("| echo case | server | msgs/s | MiB/s | p50 µs | p99 µs | p99.9 µs | server CPU s | client CPU s | server CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|\n");
-    let mut ratio_md = String::from("| echo case | wsgate / fastwebsockets msgs/s | wsgate / tungstenite msgs/s | wsgate p99 / fastwebsockets p99 | wsgate p99 / tungstenite p99 | server CPU per message: fastwebsockets / wsgate | tungstenite / wsgate |\n|---|---|---|---|---|---|---|\n");
+    // One column per baseline and figure: throughput, p99, and CPU per message (baseline over
+    // wsgate, so above 1 means wsgate is cheaper).
+    let baselines: Vec<&str> = cases
+        .iter()
+        .flat_map(|c| c.per.keys().copied())
+        .filter(|n| *n != "wsgate")
+        .fold(Vec::new(), |mut v, n| {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+            v
+        });
+    let mut ratio_md = String::from("| echo case |");
+    for fmt in [
+        "wsgate / {b} msgs/s",
+        "wsgate p99 / {b} p99",
+        "server CPU per message: {b} / wsgate",
+    ] {
+        for b in &baselines {
+            ratio_md.push_str(&format!(" {} |", fmt.replace("{b}", b)));
+        }
+    }
+    ratio_md.push_str(&format!("\n|---|{}\n", "---|".repeat(baselines.len() * 3)));
     for EchoCase { label, conns, per } in cases {
         for (name, v) in per {
             let row = Sample::median(v);
@@ -99,24 +121,22 @@ pub fn echo(cases: &[EchoCase]) -> (String, serde_json::Value) {
             ));
             echo_rows.push(json!({"case": label, "connections": conns, "server": name, "msgs_per_sec": row.msgs, "mib_per_sec": row.mib, "p50_us": row.p50, "p99_us": row.p99, "p999_us": row.p999, "server_cpu_s": row.server_cpu, "client_cpu_s": row.client_cpu, "server_cpu_us_per_msg": row.cpu_per_msg}));
         }
-        if let (Some(w), Some(f), Some(t)) = (
-            per.get("wsgate"),
-            per.get("fastwebsockets"),
-            per.get("tungstenite"),
-        ) {
-            let rate = |a: &Sample, b: &Sample| a.msgs / b.msgs.max(1e-9);
-            let p99 = |a: &Sample, b: &Sample| a.p99 / b.p99.max(1.0);
-            let cpu = |a: &Sample, b: &Sample| b.cpu_per_msg / a.cpu_per_msg.max(1e-9);
-            ratio_md.push_str(&format!(
-                "| {label} | {} | {} | {} | {} | {} | {} |\n",
-                paired(w, f, rate),
-                paired(w, t, rate),
-                paired(w, f, p99),
-                paired(w, t, p99),
-                paired(w, f, cpu),
-                paired(w, t, cpu)
-            ));
+        let Some(w) = per.get("wsgate") else {
+            continue;
+        };
+        let figures: [fn(&Sample, &Sample) -> f64; 3] = [
+            |a, b| a.msgs / b.msgs.max(1e-9),
+            |a, b| a.p99 / b.p99.max(1.0),
+            |a, b| b.cpu_per_msg / a.cpu_per_msg.max(1e-9),
+        ];
+        ratio_md.push_str(&format!("| {label} |"));
+        for f in figures {
+            for b in &baselines {
+                let cell = per.get(b).map_or("-".into(), |v| paired(w, v, f));
+                ratio_md.push_str(&format!(" {cell} |"));
+            }
         }
+        ratio_md.push('\n');
     }
     (
         format!("### Echo\n\n{md}\n### Ratios (same run)\n\n{ratio_md}"),

@@ -1,6 +1,7 @@
 //! The runner: every benchmark mode, measuring wsgate and the baselines side by side in one run
 //! (alternating order by round), handing each mode's numbers to the report (`report.rs`).
 
+use crate::fanout::{self, FanoutPlan};
 use crate::report::{self, median, paired, Report, Sample};
 use crate::servers::*;
 use crate::{load, soak};
@@ -49,7 +50,21 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
             .stdout(Stdio::null())
             .status();
     }
-    let servers = ["wsgate", "fastwebsockets", "tungstenite"];
+    // Bun (uWebSockets inside) joins the echo and fan-out runs when it is installed; CI must have it.
+    let bun = bun_binary().is_some();
+    if !bun && std::env::var("CI").is_ok_and(|v| v == "true") {
+        return Err(bun_missing());
+    }
+    let baselines_note = if bun {
+        String::new()
+    } else {
+        format!("({}: Bun is left out of this run.)\n", bun_missing())
+    };
+    let servers: &[&'static str] = if bun {
+        &["wsgate", "fastwebsockets", "tungstenite", "bun"]
+    } else {
+        &["wsgate", "fastwebsockets", "tungstenite"]
+    };
     let dur = Duration::from_secs_f64(plan.seconds);
     let scale = |n: usize| if plan.smoke { n.min(4) } else { n };
     let cases: &[(usize, usize, usize)] = &[
@@ -122,38 +137,8 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
     }
 
     if plan.wants("fanout") {
-        // Fan-out: one publisher, K subscribers in one room (wsgate only: the baselines have no rooms).
-        let mut fan_md = String::from(
-        "| subscribers | deliveries/s | publish→delivery p99 µs | worst µs |\n|---|---|---|---|\n",
-    );
-        let mut fan_rows = Vec::new();
-        for k in if plan.smoke {
-            vec![5]
-        } else {
-            vec![100, 10_000]
-        } {
-            let s = start("wsgate", &wsgate)?;
-            let msgs = if plan.smoke {
-                5
-            } else if k > 1000 {
-                20
-            } else {
-                500
-            };
-            let r = load::fanout(s.addr, "/ws/chat/bench", k, msgs)
-                .await
-                .map_err(|e| format!("fan-out: {e}"))?;
-            fan_md.push_str(&format!(
-                "| {k} | {:.0} | {} | {} |\n",
-                r.deliveries_per_sec, r.p99_us, r.max_us
-            ));
-            fan_rows.push(json!({"subscribers": k, "messages": msgs, "result": r}));
-        }
-        report.add(
-            "fanout",
-            format!("### Fan-out (one publisher, one room)\n\n{fan_md}"),
-            json!(fan_rows),
-        );
+        let (section, rows) = fanout_mode(&plan, &wsgate, &baselines_note).await?;
+        report.add("fanout", section, rows);
     }
 
     if plan.wants("idle") {
@@ -180,7 +165,14 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
                 idle_rows.push(json!({"connections": idle_n, "skipped": format!("open files limit {limit} < {need}")}));
                 continue;
             }
-            for name in servers {
+            // Every server on its echo path, and wsgate once more with every connection a member
+            // of one of 1,000 rooms.
+            let runs = servers.iter().map(|&n| (n, n, "/ws/echo")).chain([(
+                "wsgate (room members)",
+                "wsgate",
+                "/ws/chat/{room}",
+            )]);
+            for (label, name, path) in runs {
                 // tokio-tungstenite keeps ~130 KiB per connection: 100,000 would need ~13 GiB.
                 if idle_n > 10_000 && name == "tungstenite" {
                     continue;
@@ -188,16 +180,16 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
                 let s = start(name, &wsgate)?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let before = rss_bytes(pid(&s));
-                let conns = load::idle(s.addr, "/ws/echo", idle_n)
+                let conns = load::idle(s.addr, path, idle_n)
                     .await
                     .map_err(|e| format!("{name} idle: {e}"))?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let after = rss_bytes(pid(&s));
                 drop(conns);
                 let per = after.saturating_sub(before) as f64 / idle_n as f64;
-                idle_md.push_str(&format!("| {name} | {idle_n} | {per:.0} |\n"));
+                idle_md.push_str(&format!("| {label} | {idle_n} | {per:.0} |\n"));
                 idle_rows.push(
-                    json!({"server": name, "connections": idle_n, "rss_bytes_per_connection": per}),
+                    json!({"server": label, "connections": idle_n, "rss_bytes_per_connection": per}),
                 );
             }
         }
@@ -340,8 +332,181 @@ async fn callgrind_mode(
         ));
         rows.push(json!({"server": name, "instructions_per_message": per_msg, "messages": [few * conns, many * conns], "instructions": totals}));
     }
+    // Fan-out: instructions per delivery, one room of 100 subscribers, 20 B, 16 in flight (wsgate
+    // only: Bun's JIT does not run usefully under valgrind).
+    let members = if plan.smoke { 5 } else { 100 };
+    let mut totals = Vec::new();
+    for messages in [few as u64, many as u64] {
+        let out = profiles.join(format!("wsgate-fanout-{messages}.callgrind"));
+        let s = start_with(
+            "wsgate",
+            wsgate,
+            Launch::Callgrind(out.clone()),
+            bench_config(),
+        )?;
+        let f = fanout::open(
+            s.addr,
+            "/ws/fan/",
+            FanoutPlan {
+                rooms: 1,
+                members,
+                publishers: 1,
+                size: 20,
+                in_flight: 16,
+                duration: Duration::ZERO,
+                messages: Some(messages),
+            },
+        )
+        .await
+        .map_err(|e| format!("fan-out under callgrind: {e}"))?;
+        let r = f
+            .run()
+            .await
+            .map_err(|e| format!("fan-out under callgrind: {e}"))?;
+        if r.messages != messages {
+            return Err(format!(
+                "fan-out under callgrind completed {} of {messages} messages",
+                r.messages
+            ));
+        }
+        stop_gracefully(s)?;
+        totals.push(callgrind_total(&out)?);
+    }
+    let deliveries = (many - few) as f64 * members as f64;
+    let per_delivery = (totals[1] as f64 - totals[0] as f64) / deliveries;
+    let fan_md = format!(
+        "| server | instructions per delivery (one room of {members}, 20 B, 16 in flight) | runs |\n|---|---|---|\n| wsgate | {per_delivery:.0} | {few} and {many} messages: {} and {} instructions |\n",
+        totals[0], totals[1]
+    );
     Ok((
-        format!("### CPU cost per message (valgrind --tool=callgrind, instructions)\n\n{md}"),
+        format!(
+            "### CPU cost per message (valgrind --tool=callgrind, instructions)\n\n{md}\n{fan_md}"
+        ),
+        json!({"echo": rows, "fanout": {"server": "wsgate", "members": members, "instructions_per_delivery": per_delivery, "messages": [few, many], "instructions": totals}}),
+    ))
+}
+
+/// One fan-out measurement.
+#[derive(Clone, Copy)]
+struct FanSample {
+    deliveries_per_sec: f64,
+    /// Server CPU µs per delivery.
+    cpu_per_delivery: f64,
+    p50: f64,
+    p99: f64,
+    client_cpu: f64,
+}
+
+/// Fan-out: rooms of subscribers and publishers keeping 16 messages in flight, a message
+/// counting once every member of its room has it; wsgate and Bun (uWebSockets) alternate.
+async fn fanout_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+    note: &str,
+) -> Result<(String, serde_json::Value), String> {
+    let servers: &[&'static str] = if bun_binary().is_some() {
+        &["wsgate", "bun"]
+    } else {
+        &["wsgate"]
+    };
+    let dur = Duration::from_secs_f64(plan.seconds);
+    let case = |rooms, members, publishers, size| FanoutPlan {
+        rooms,
+        members,
+        publishers,
+        size,
+        in_flight: 16,
+        duration: dur,
+        messages: None,
+    };
+    let cases: Vec<FanoutPlan> = if plan.smoke {
+        vec![case(1, 5, 1, 20), case(4, 3, 2, 20)]
+    } else {
+        let mut v = Vec::new();
+        for size in [20, 1024] {
+            for members in [100, 1_000, 10_000] {
+                v.push(case(1, members, 1, size));
+            }
+        }
+        v.push(case(1_000, 10, 100, 20));
+        v
+    };
+    let mut md = String::from("| case | server | deliveries/s | server CPU µs per delivery | publish→delivery p50 µs | p99 µs | client CPU s |\n|---|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from("| case | wsgate / Bun deliveries/s | server CPU per delivery: Bun / wsgate |\n|---|---|---|\n");
+    let mut rows = Vec::new();
+    for c in cases {
+        let label = if c.rooms == 1 {
+            format!("1 room × {}, {} B", c.members, c.size)
+        } else {
+            format!(
+                "{} rooms × {}, {} publishers, {} B",
+                c.rooms, c.members, c.publishers, c.size
+            )
+        };
+        let conns = c.rooms * (c.members + 1);
+        if open_files_limit().is_some_and(|l| l < conns as u64 + 1024) {
+            md.push_str(&format!(
+                "| {label} | (not run) | needs {} open files per process (`ulimit -n`) | | | | |\n",
+                conns + 1024
+            ));
+            continue;
+        }
+        let mut per: BTreeMap<&'static str, Vec<FanSample>> = Default::default();
+        for round in 0..plan.rounds {
+            for k in 0..servers.len() {
+                let name = servers[(k + round) % servers.len()];
+                let s = start(name, wsgate)?;
+                let f = fanout::open(s.addr, "/ws/fan/", c)
+                    .await
+                    .map_err(|e| format!("{name} fan-out: {e}"))?;
+                let spid = pid(&s).to_string();
+                let (c0, s0) = (cpu_secs("self"), cpu_secs(&spid));
+                let r = f.run().await.map_err(|e| format!("{name} fan-out: {e}"))?;
+                let (c1, s1) = (cpu_secs("self"), cpu_secs(&spid));
+                per.entry(s.name).or_default().push(FanSample {
+                    deliveries_per_sec: r.deliveries_per_sec,
+                    cpu_per_delivery: (s1 - s0) * 1e6 / r.deliveries.max(1) as f64,
+                    p50: r.p50_us as f64,
+                    p99: r.p99_us as f64,
+                    client_cpu: c1 - c0,
+                });
+            }
+        }
+        for (name, v) in &per {
+            let m = |f: fn(&FanSample) -> f64| median(v.iter().map(f).collect());
+            let (rate, cpu, p50, p99, client) = (
+                m(|x| x.deliveries_per_sec),
+                m(|x| x.cpu_per_delivery),
+                m(|x| x.p50),
+                m(|x| x.p99),
+                m(|x| x.client_cpu),
+            );
+            md.push_str(&format!(
+                "| {label} | {name} | {rate:.0} | {cpu:.2} | {p50:.0} | {p99:.0} | {client:.2} |\n"
+            ));
+            rows.push(json!({"case": label, "rooms": c.rooms, "members": c.members, "publishers": c.publishers, "size": c.size, "server": name, "deliveries_per_sec": rate, "server_cpu_us_per_delivery": cpu, "p50_us": p50, "p99_us": p99, "client_cpu_s": client}));
+        }
+        if let (Some(w), Some(b)) = (per.get("wsgate"), per.get("bun")) {
+            let ratio = |f: fn(&FanSample, &FanSample) -> f64| {
+                let r: Vec<f64> = w.iter().zip(b).map(|(w, b)| f(w, b)).collect();
+                let (lo, hi) = r
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                if r.len() > 1 {
+                    format!("{:.2} ({lo:.2}–{hi:.2})", median(r))
+                } else {
+                    format!("{:.2}", median(r))
+                }
+            };
+            ratio_md.push_str(&format!(
+                "| {label} | {} | {} |\n",
+                ratio(|w, b| w.deliveries_per_sec / b.deliveries_per_sec.max(1e-9)),
+                ratio(|w, b| b.cpu_per_delivery / w.cpu_per_delivery.max(1e-9)),
+            ));
+        }
+    }
+    Ok((
+        format!("### Fan-out (rooms; 16 messages in flight per publisher; a message counts once every member has it)\n\n{note}{md}\n### Fan-out ratios (same run)\n\n{ratio_md}"),
         json!(rows),
     ))
 }

@@ -66,6 +66,10 @@ kind = "echo"
 path = "/ws/chat/{{room}}"
 kind = "channel"
 [[route]]
+path = "/ws/fan/{{room}}"
+kind = "channel"
+deliver_to_sender = false
+[[route]]
 path = "/ws/policy"
 kind = "echo"
 origins = ["https://bench.test"]
@@ -123,6 +127,32 @@ pub fn which(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
+/// Bun's binary: `WSGATE_BUN`, else the npm package `@oven/bun-linux-x64` in
+/// `WSGATE_NODE_MODULES` (or `tests/node/node_modules`, where `scripts/test` installs it), else
+/// `bun` on the PATH.
+pub fn bun_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WSGATE_BUN") {
+        return Some(PathBuf::from(p));
+    }
+    let modules = std::env::var_os("WSGATE_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("tests/node/node_modules"));
+    let packaged = modules.join("@oven/bun-linux-x64/bin/bun");
+    if packaged.is_file() {
+        return Some(packaged);
+    }
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("bun"))
+            .find(|b| b.is_file())
+    })
+}
+
+/// What to do when Bun is missing.
+pub fn bun_missing() -> String {
+    "Bun is missing: `cd tests/node && npm ci` installs it (@oven/bun-linux-x64), or set WSGATE_BUN to its binary".into()
+}
+
 pub fn start(name: &'static str, wsgate: &PathBuf) -> Result<Server, String> {
     start_with(name, wsgate, Launch::Pinned(0), bench_config())
 }
@@ -156,7 +186,15 @@ pub fn start_with(
             c
         }
     };
-    let (mut cmd, dir) = if name == "wsgate" {
+    let (mut cmd, dir) = if name == "bun" {
+        let bun = bun_binary().ok_or_else(bun_missing)?;
+        let dir = tempdir::Dir::new("bun")?;
+        let script = dir.0.join("bun.js");
+        std::fs::write(&script, include_str!("../peers/bun.js")).map_err(|e| e.to_string())?;
+        let mut c = pinned(&bun);
+        c.arg(&script);
+        (c, Some(dir))
+    } else if name == "wsgate" {
         let dir = tempdir::Dir::new("wsgate")?;
         let cfg = dir.0.join("bench.toml");
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;

@@ -11,26 +11,27 @@
 //! is not keeping up. Everything runs in one task, so pongs, echoes, broadcasts, pings and closes
 //! can never interleave inside a frame, with no lock or channel hop per message.
 
-use crate::hub::{Broadcast, Hub, Membership};
+use crate::hub::{Hub, Membership, Take};
 use crate::metrics::Metrics;
 use crate::out::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::unconstrained;
 use tokio::time::{sleep_until, timeout, Instant};
 use wsgate_handshake::frame::{
     close_code_allowed, parse_client_frame, write_server_header, OpCode, Parsed, MAX_SERVER_HEADER,
 };
 
-/// Undelivered broadcasts a channel member may have queued before it counts as too slow.
-const MEMBER_QUEUE: usize = 256;
+/// Broadcast frames a channel member takes from its room per write (one `writev`).
+const FRAMES_PER_WRITE: usize = 64;
 /// Size of each worker thread's read buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// Payloads at least this large are written straight from the read buffer (vectored) instead
@@ -53,6 +54,8 @@ thread_local! {
         read: vec![0; READ_CHUNK],
         batch: Vec::with_capacity(READ_CHUNK),
     });
+    /// Broadcast frames a member took from its room, held only until they are written.
+    static TAKEN: RefCell<Vec<Bytes>> = RefCell::new(Vec::with_capacity(FRAMES_PER_WRITE));
 }
 
 /// Per-connection protocol limits, copied from the configuration.
@@ -254,7 +257,6 @@ struct Counts {
 /// What a channel connection holds.
 struct Channel {
     membership: Membership,
-    inbox: mpsc::Receiver<Arc<Broadcast>>,
     deliver_to_sender: bool,
 }
 
@@ -323,18 +325,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             .map_err(|()| End::Gone)
     }
 
-    /// Writes a shared broadcast frame without copying it.
-    fn write_shared(&mut self, cx: &mut Context<'_>, mut frame: Bytes) -> Result<(), End> {
+    /// Writes shared broadcast frames with one call, without copying them; what the socket
+    /// does not take is queued by reference.
+    fn write_shared(&mut self, cx: &mut Context<'_>, frames: &mut [Bytes]) -> Result<(), End> {
+        let mut first = 0;
         if self.out.is_empty() {
-            while !frame.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, &frame) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(End::Gone),
-                    Poll::Ready(Ok(w)) => frame.advance(w),
-                    Poll::Pending => break,
+            while first < frames.len() {
+                let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+                let n = slices.len().min(frames.len() - first);
+                for (slot, f) in slices.iter_mut().zip(&frames[first..first + n]) {
+                    *slot = IoSlice::new(f);
+                }
+                let mut written =
+                    match crate::out::poll_write_slices(&mut self.io, cx, &slices[..n]) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(End::Gone),
+                        Poll::Ready(Ok(w)) => w,
+                        Poll::Pending => break,
+                    };
+                while written > 0 {
+                    let f = &mut frames[first];
+                    if f.len() <= written {
+                        written -= f.len();
+                        first += 1;
+                    } else {
+                        f.advance(written);
+                        written = 0;
+                    }
                 }
             }
         }
-        self.out.push(frame);
+        for f in &mut frames[first..] {
+            self.out.push(std::mem::take(f));
+        }
         Ok(())
     }
 
@@ -435,9 +457,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 self.counts.messages_out += 1;
                 self.counts.bytes_out += payload.len() as u64;
             }
-            Some(ch) => ch
-                .membership
-                .publish(Broadcast::new(self.conn_id, opcode, payload)),
+            Some(ch) => ch.membership.publish(opcode, payload),
         }
         Ok(())
     }
@@ -550,33 +570,51 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Poll::Pending
     }
 
-    /// Writes the broadcasts waiting for this member.
+    /// Writes what was published in the room since this member last took: everything pending
+    /// goes out together, up to [`FRAMES_PER_WRITE`] frames per call.
     fn poll_inbox(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        TAKEN.with(|taken| {
+            let mut spare = Vec::new();
+            let mut taken = taken.try_borrow_mut();
+            let frames = match &mut taken {
+                Ok(v) => &mut **v,
+                Err(_) => &mut spare,
+            };
+            let r = self.poll_inbox_with(cx, frames);
+            frames.clear();
+            r
+        })
+    }
+
+    fn poll_inbox_with(&mut self, cx: &mut Context<'_>, frames: &mut Vec<Bytes>) -> Poll<End> {
         loop {
             if self.out.bytes > self.limits.max_output {
+                // The socket's write readiness wakes us; the room keeps the rest meanwhile.
                 return Poll::Pending;
             }
-            let Some(ch) = self.channel.as_mut() else {
+            let Some(ch) = self.channel.as_ref() else {
                 return Poll::Pending;
             };
-            let b = match ch.inbox.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
+            frames.clear();
+            match ch
+                .membership
+                .take(cx.waker(), frames, FRAMES_PER_WRITE, ch.deliver_to_sender)
+            {
+                Take::Idle => return Poll::Pending,
+                Take::TooSlow => {
                     return Poll::Ready(End::Close(
                         1013,
                         "too slow: messages for this connection were dropped".into(),
                     ))
                 }
-                Poll::Ready(Some(b)) => b,
-            };
-            if b.from == self.conn_id && !ch.deliver_to_sender {
-                continue;
+                Take::Frames { messages, bytes } => {
+                    self.counts.messages_out += messages;
+                    self.counts.bytes_out += bytes;
+                }
             }
-            if let Err(end) = self.write_shared(cx, b.frame.clone()) {
+            if let Err(end) = self.write_shared(cx, frames) {
                 return Poll::Ready(end);
             }
-            self.counts.messages_out += 1;
-            self.counts.bytes_out += b.payload_len as u64;
         }
     }
 
@@ -633,14 +671,10 @@ where
             hub,
             room,
             deliver_to_sender,
-        } => {
-            let (membership, inbox) = hub.join(room, conn_id, MEMBER_QUEUE);
-            Some(Channel {
-                membership,
-                inbox,
-                deliver_to_sender,
-            })
-        }
+        } => Some(Channel {
+            membership: hub.join(room, conn_id),
+            deliver_to_sender,
+        }),
     };
     let now = Instant::now();
     let mut conn = Conn {
