@@ -116,6 +116,15 @@ class Wsgate:
                 return float(value)
         return 0.0
 
+    def wait_metric(self, name, value, timeout=10):
+        """Waits until a sample has `value`; whether it did."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.metric(name) == value:
+                return True
+            time.sleep(0.05)
+        return self.metric(name) == value
+
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -3,6 +3,9 @@
 //   chat URL_A URL_B URL_C  A and B share a room, C is elsewhere: each sees only its room
 //   echo-proto URL P1,P2     echo with offered subprotocols; prints the selected one
 //   hold URL                connect, print "open", then print the close code and reason as JSON
+//   members URL N COUNT     N members of one room: print "open" once all are in, then check that
+//                           each gets COUNT messages "PUBLISHER:SEQ" with every publisher's SEQ
+//                           counting up from 0; print "members ok"
 'use strict';
 const WebSocket = require('ws');
 
@@ -81,8 +84,29 @@ async function hold(url) {
   });
 }
 
+async function members(url, n, count) {
+  const all = [];
+  for (let i = 0; i < Number(n); i++) all.push(await open(url));
+  const done = all.map((ws, i) => new Promise((resolve, reject) => {
+    const next = {};
+    let got = 0;
+    ws.on('message', (data) => {
+      const [who, seq] = data.toString().split(':');
+      const want = next[who] || 0;
+      if (Number(seq) !== want) reject(new Error(`member ${i}: ${who} sent ${want} next, got ${seq}`));
+      next[who] = want + 1;
+      if (++got === Number(count)) resolve();
+    });
+    ws.on('close', (code) => reject(new Error(`member ${i} closed ${code} after ${got}`)));
+  }));
+  console.log('open');
+  await Promise.all(done);
+  for (const ws of all) ws.terminate();
+  console.log('members ok');
+}
+
 const [mode, ...urls] = process.argv.slice(2);
-const run = { echo, chat, hold, 'echo-proto': echoProto }[mode];
+const run = { echo, chat, hold, members, 'echo-proto': echoProto }[mode];
 if (!run) {
   console.error(`unknown mode ${mode}`);
   process.exit(2);

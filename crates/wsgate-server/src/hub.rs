@@ -14,6 +14,7 @@
 //! or makes its memory grow.
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +129,9 @@ impl Room {
 #[derive(Default)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// `wsgate_channel_rooms` and `wsgate_channel_members`, moved on join and leave only.
+    room_gauge: Gauge,
+    member_gauge: Gauge,
 }
 
 /// A connection's place in a room; leaving happens on drop.
@@ -163,12 +167,28 @@ thread_local! {
 }
 
 impl Hub {
+    /// A hub that keeps the metrics' room and member gauges.
+    pub fn counted(metrics: &crate::metrics::Metrics) -> Hub {
+        Hub {
+            rooms: Mutex::default(),
+            room_gauge: metrics.channel_rooms.clone(),
+            member_gauge: metrics.channel_members.clone(),
+        }
+    }
+
     /// Joins (creating if needed) the room `key` as connection `id` (not 0). A member receives
     /// what is published after it joined.
     pub fn join(self: &Arc<Hub>, key: String, id: u64) -> Membership {
         // Joining under the hub lock means a room cannot be removed between lookup and joining.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let room = rooms.entry(key.clone()).or_default().clone();
+        let room = rooms
+            .entry(key.clone())
+            .or_insert_with(|| {
+                self.room_gauge.inc();
+                Arc::default()
+            })
+            .clone();
+        self.member_gauge.inc();
         let slot = {
             let mut log = room.lock();
             let cursor = log.head();
@@ -301,8 +321,10 @@ impl Drop for Membership {
             log.members -= 1;
             log.members == 0
         };
+        self.hub.member_gauge.dec();
         if empty {
             rooms.remove(&self.key);
+            self.hub.room_gauge.dec();
         }
     }
 }

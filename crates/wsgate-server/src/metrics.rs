@@ -41,6 +41,10 @@ pub struct Metrics {
     /// Connections closed because a peer stopped reading (send timeout) or fell too far behind
     /// its room: how often slow consumers are cut off.
     pub slow_closes: Counter,
+    /// Channel rooms with at least one member.
+    pub channel_rooms: Gauge,
+    /// Members of channel rooms.
+    pub channel_members: Gauge,
     /// Tasks alive in the server's runtime, read when the metrics are scraped: it follows the
     /// connection count, so growth with a steady count is a leak (the soak watches it).
     runtime_tasks: Gauge,
@@ -64,6 +68,8 @@ impl Metrics {
             tls_failures: Counter::default(),
             slow_closes: Counter::default(),
             runtime_tasks: Gauge::default(),
+            channel_rooms: Gauge::default(),
+            channel_members: Gauge::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
             registry: Registry::default(),
@@ -122,6 +128,16 @@ impl Metrics {
             "slow_peer_closes",
             "Connections closed because a peer stopped reading or fell too far behind (1013)",
             m.slow_closes.clone(),
+        );
+        registry.register(
+            "channel_rooms",
+            "Channel rooms with at least one member",
+            m.channel_rooms.clone(),
+        );
+        registry.register(
+            "channel_members",
+            "Members of channel rooms (a leaving member is gone at once)",
+            m.channel_members.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",

@@ -194,8 +194,8 @@ impl Server {
             shared: Arc::new(Shared {
                 config,
                 gate,
+                hub: Arc::new(Hub::counted(&metrics)),
                 metrics,
-                hub: Arc::new(Hub::default()),
                 next_conn: AtomicU64::new(1),
                 in_progress,
                 log_limiter,
