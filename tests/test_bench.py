@@ -5,18 +5,21 @@ import json
 import os
 import subprocess
 
-from conftest import ROOT, require_tool
+from conftest import NODE_MODULES, ROOT, require_tool
 
 BENCH = os.environ.get("WSGATE_BENCH_BIN", str(ROOT / "target" / "debug" / "wsgate-bench"))
 
 
 def test_benchmark_smoke_run(tmp_path):
     require_tool(BENCH, "build it with `cargo build -p wsgate-bench`")
+    # Bun (uWebSockets inside) is the pub/sub and echo baseline; `npm ci` in tests/node installs it.
+    require_tool(os.path.join(NODE_MODULES, "@oven/bun-linux-x64", "bin", "bun"), "npm ci in tests/node (Bun)")
     wsgate = os.environ.get("WSGATE_BIN", str(ROOT / "target" / "debug" / "wsgate"))
-    out = subprocess.run([BENCH, "run", "--smoke", "--wsgate", wsgate, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([BENCH, "run", "--smoke", "--wsgate", wsgate, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "WSGATE_NODE_MODULES": NODE_MODULES})
     assert out.returncode == 0, out.stderr
     doc = json.loads((tmp_path / "results.json").read_text())
-    servers = {"wsgate", "fastwebsockets", "tungstenite"}
+    servers = {"wsgate", "fastwebsockets", "tungstenite", "bun"}
     cases = {r["case"] for r in doc["echo"]}
     assert len(cases) == 6
     for case in cases:
@@ -24,13 +27,17 @@ def test_benchmark_smoke_run(tmp_path):
         assert {r["server"] for r in rows} == servers, case
         assert all(r["msgs_per_sec"] > 0 and r["p99_us"] > 0 for r in rows)
     assert doc["handshake"]["with_policy_per_sec"] > 0 and doc["handshake"]["without_policy_per_sec"] > 0
-    assert doc["fanout"] and doc["fanout"][0]["result"]["deliveries_per_sec"] > 0
-    assert {r["server"] for r in doc["idle"]} == servers
+    assert {r["server"] for r in doc["fanout"]} == {"wsgate", "bun"}
+    assert all(r["deliveries_per_sec"] > 0 and r["server_cpu_us_per_delivery"] > 0 for r in doc["fanout"])
+    assert {r["case"] for r in doc["fanout"]} == {"1 room × 5, 20 B", "4 rooms × 3, 2 publishers, 20 B"}
+    assert {r["server"] for r in doc["idle"]} == servers | {"wsgate (room members)"}
     assert {r["proxy"] for r in doc["proxy"]} == {"wsgate", "nginx"}
     assert all(r["msgs_per_sec"] > 0 for r in doc["proxy"])
-    assert {r["server"] for r in doc["callgrind"]} == servers
-    assert all(r["instructions_per_message"] > 0 for r in doc["callgrind"])
-    assert "### Ratios (same run)" in (tmp_path / "results.md").read_text()
+    assert {r["server"] for r in doc["callgrind"]["echo"]} == {"wsgate", "fastwebsockets", "tungstenite"}
+    assert all(r["instructions_per_message"] > 0 for r in doc["callgrind"]["echo"])
+    assert doc["callgrind"]["fanout"]["instructions_per_delivery"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "### Ratios (same run)" in md and "### Fan-out ratios (same run)" in md
 
 
 def test_soak_smoke_run(tmp_path):

@@ -59,6 +59,32 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// One fan-out load against a running server (for profiling it with `perf`); prints JSON.
+    Fanout {
+        /// The server, e.g. 127.0.0.1:8080.
+        addr: SocketAddr,
+        /// Room paths are this prefix and a room number.
+        #[arg(long, default_value = "/ws/fan/")]
+        prefix: String,
+        /// Rooms.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Subscribers per room.
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Publishers (the rooms are dealt out among them).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+        /// Messages in flight per publisher.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Hold many connections across echo, channel and proxy routes with churn, and report
     /// whether memory, descriptors, tasks and p99 stay flat (exits 1 if a connection failed, a
     /// descriptor is left behind, or memory, descriptors or tasks are not flat).
@@ -94,7 +120,9 @@ fn main() -> ExitCode {
     // second worker competes with it there and no wake-up crosses threads.
     let rt = match cli.command {
         Cmd::Baseline { .. } => tokio::runtime::Builder::new_multi_thread(),
-        Cmd::Run { .. } | Cmd::Soak { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::Run { .. } | Cmd::Soak { .. } | Cmd::Fanout { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+        }
     }
     .enable_all()
     .build();
@@ -171,6 +199,38 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("wsgate-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Fanout {
+            addr,
+            prefix,
+            rooms,
+            members,
+            publishers,
+            size,
+            in_flight,
+            seconds,
+        } => {
+            let plan = fanout::FanoutPlan {
+                rooms: rooms.max(1),
+                members: members.max(1),
+                publishers,
+                size,
+                in_flight,
+                duration: std::time::Duration::from_secs_f64(seconds.clamp(0.1, 600.0)),
+                messages: None,
+            };
+            let r =
+                rt.block_on(async move { fanout::open(addr, &prefix, plan).await?.run().await });
+            match r {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wsgate-bench: fan-out: {e}");
                     ExitCode::FAILURE
                 }
             }

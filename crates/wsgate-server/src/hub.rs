@@ -1,25 +1,26 @@
 //! Rooms for `channel` routes, each a short log of published frames.
 //!
-//! A publish serialises its message once into a shared frame and appends it to the room's log
-//! under the room's own lock (no lock that every publish in the server takes). Members keep a
-//! cursor into the log and are woken only when they have caught up and gone to sleep: a member
-//! is woken at most once per batch of publishes, however many arrived, and then takes everything
-//! past its cursor at once, to write it with one (vectored) call. Nothing is sent through a
-//! per-member channel, and a frame is never copied per member (each member holds a reference
-//! only while its write is in flight).
+//! A publish serialises its message once, into a buffer shared by every member, and appends it to
+//! the room's log under the room's own lock (no lock that every publish in the server takes).
+//! The messages one connection publishes from one read are appended as one entry, back to back in
+//! one buffer, so a member writes a burst with one plain `send`. Members keep a cursor into the
+//! log and are woken only when they have caught up and gone to sleep: a member is woken at most
+//! once per batch of publishes, however many arrived, and then takes everything past its cursor
+//! at once, to write it with one call. Nothing is sent through a per-member channel, and a frame
+//! is never copied per member (each member holds a reference only while its write is in flight).
 //!
-//! The log keeps what the slowest member has not taken yet, and no more than
-//! [`MAX_LAG_MESSAGES`] messages or [`MAX_LAG_BYTES`] bytes: a member that falls further behind
-//! finds its cursor past the log's start and is closed (1013), so it never holds the room back
-//! or makes its memory grow.
+//! The log keeps what some member has not taken yet, and no more than [`MAX_LAG_MESSAGES`]
+//! messages or [`MAX_LAG_BYTES`] bytes: a member that falls further behind finds its cursor past
+//! the log's start and is closed (1013), so it never holds the room back or makes its memory grow.
+//! Once every member has everything, the log is emptied.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use wsgate_handshake::frame::OpCode;
+use wsgate_handshake::frame::{write_server_header, OpCode, MAX_SERVER_HEADER};
 
 /// Messages a member may fall behind the newest before it is closed as too slow.
 pub const MAX_LAG_MESSAGES: u64 = 1024;
@@ -29,17 +30,24 @@ pub const MAX_LAG_BYTES: u64 = 16 << 20;
 const TRIM_ENTRIES: usize = 32;
 /// See [`TRIM_ENTRIES`].
 const TRIM_BYTES: u64 = 64 * 1024;
+/// Each worker thread serialises what its connections publish into buffers of this size (larger
+/// messages get a buffer of their own); a buffer is freed once no entry or write refers to it.
+const STAGING_CHUNK: usize = 16 * 1024;
 
-/// One published message in the log.
+/// Messages of one publisher, appended to the log together.
 struct Entry {
-    /// The complete server frame, written as is by every member.
-    frame: Bytes,
+    /// Complete server frames, back to back, written as they are by every member.
+    frames: Bytes,
     /// The publishing connection, so `deliver_to_sender = false` can skip it.
     from: u64,
-    /// Payload bytes, for the metrics.
-    payload_len: usize,
+    /// Messages in `frames`.
+    messages: u64,
+    /// Their payload bytes, for the metrics.
+    payload_bytes: u64,
     /// Frame bytes published in the room before this entry, for the byte bound.
     offset: u64,
+    /// Messages published in the room before this entry, for the message bound.
+    message_offset: u64,
 }
 
 /// A member's place in the log.
@@ -60,9 +68,13 @@ struct Log {
     entries: VecDeque<Entry>,
     /// Frame bytes ever published in the room (the next entry's offset).
     published_bytes: u64,
+    /// Messages ever published in the room.
+    published_messages: u64,
     slots: Vec<Slot>,
     free: Vec<usize>,
     members: usize,
+    /// Members whose cursor is at the head: when all are, the log is emptied.
+    caught_up: usize,
     /// Slots whose member sleeps (their `waker` is set).
     waiting: Vec<usize>,
 }
@@ -72,16 +84,20 @@ impl Log {
         self.base + self.entries.len() as u64
     }
 
-    fn offset_of(&self, seq: u64) -> u64 {
-        match self.entries.get((seq - self.base) as usize) {
-            Some(e) => e.offset,
-            None => self.published_bytes,
+    fn drop_front(&mut self) {
+        if self.entries.pop_front().is_some() {
+            self.base += 1;
         }
     }
 
     /// Drops entries every member has taken and, past the bounds, entries some member has not:
     /// that member is then too slow.
     fn trim(&mut self) {
+        if self.caught_up == self.members {
+            self.base = self.head();
+            self.entries.clear();
+            return;
+        }
         let front_offset = self
             .entries
             .front()
@@ -96,18 +112,16 @@ impl Log {
                 .min()
                 .unwrap_or(head);
             while self.base < min && !self.entries.is_empty() {
-                self.entries.pop_front();
-                self.base += 1;
+                self.drop_front();
             }
         }
         while let Some(front) = self.entries.front() {
-            let over_count = self.entries.len() as u64 > MAX_LAG_MESSAGES;
+            let over_count = self.published_messages - front.message_offset > MAX_LAG_MESSAGES;
             let over_bytes = self.published_bytes - front.offset > MAX_LAG_BYTES;
             if !(over_count || over_bytes) {
                 break;
             }
-            self.entries.pop_front();
-            self.base += 1;
+            self.drop_front();
         }
     }
 }
@@ -146,24 +160,43 @@ pub struct Membership {
 /// What [`Membership::take`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Frames were added (possibly none, when all were the member's own and skipped): call
-    /// again for more.
-    Frames {
+    /// Frames were added (possibly none, when all were the member's own and skipped) and more
+    /// are waiting: call again once these are written.
+    More {
         /// Messages taken.
         messages: u64,
         /// Their payload bytes.
         bytes: u64,
     },
-    /// Caught up; the waker will be woken by the next publish.
-    Idle,
+    /// Frames were added (possibly none) and the member is caught up: the waker is registered
+    /// and will be woken by the next publish.
+    CaughtUp {
+        /// Messages taken.
+        messages: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
     /// The log dropped messages this member had not taken: close it with 1013.
     TooSlow,
+}
+
+/// Messages a connection has published during one read, not yet appended to its room.
+#[derive(Default)]
+struct Staged {
+    /// The room and publisher they belong to.
+    to: Option<(Arc<Room>, u64)>,
+    /// This thread's serialisation buffer: staged frames at its start, spare room after.
+    buf: BytesMut,
+    messages: u64,
+    payload_bytes: u64,
 }
 
 thread_local! {
     /// Wakers collected under a room's lock and woken after it is released; the capacity stays
     /// with the thread, so waking allocates nothing.
     static TO_WAKE: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// What this thread's connection is publishing, appended to the room at the end of its read.
+    static STAGED: RefCell<Staged> = RefCell::new(Staged::default());
 }
 
 impl Hub {
@@ -198,6 +231,7 @@ impl Hub {
                 waker: None,
             };
             log.members += 1;
+            log.caught_up += 1;
             match log.free.pop() {
                 Some(i) => {
                     log.slots[i] = slot;
@@ -225,44 +259,112 @@ impl Hub {
     }
 }
 
-impl Membership {
-    /// Appends a message to the room's log and wakes the members that were asleep.
-    pub fn publish(&self, opcode: OpCode, payload: &[u8]) {
-        let frame = crate::out::frame_bytes(opcode, payload);
-        TO_WAKE.with(|to_wake| {
-            let mut spare = Vec::new();
-            let mut to_wake = to_wake.try_borrow_mut();
-            let to_wake = match &mut to_wake {
-                Ok(v) => &mut **v,
-                Err(_) => &mut spare,
-            };
-            {
-                let mut log = self.room.lock();
-                let offset = log.published_bytes;
-                log.published_bytes += frame.len() as u64;
-                log.entries.push_back(Entry {
-                    frame,
-                    from: self.id,
-                    payload_len: payload.len(),
-                    offset,
-                });
-                log.trim();
-                let mut waiting = std::mem::take(&mut log.waiting);
-                for i in waiting.drain(..) {
-                    if let Some(w) = log.slots.get_mut(i).and_then(|s| s.waker.take()) {
-                        to_wake.push(w);
-                    }
+/// Appends staged messages to their room and wakes the members that were asleep.
+fn append(room: &Room, from: u64, frames: Bytes, messages: u64, payload_bytes: u64) {
+    TO_WAKE.with(|to_wake| {
+        let mut spare = Vec::new();
+        let mut to_wake = to_wake.try_borrow_mut();
+        let to_wake = match &mut to_wake {
+            Ok(v) => &mut **v,
+            Err(_) => &mut spare,
+        };
+        {
+            let mut log = room.lock();
+            let offset = log.published_bytes;
+            let message_offset = log.published_messages;
+            log.published_bytes += frames.len() as u64;
+            log.published_messages += messages;
+            log.entries.push_back(Entry {
+                frames,
+                from,
+                messages,
+                payload_bytes,
+                offset,
+                message_offset,
+            });
+            // Nobody has the new entry yet.
+            log.caught_up = 0;
+            log.trim();
+            let mut waiting = std::mem::take(&mut log.waiting);
+            for i in waiting.drain(..) {
+                if let Some(w) = log.slots.get_mut(i).and_then(|s| s.waker.take()) {
+                    to_wake.push(w);
                 }
-                log.waiting = waiting;
             }
-            for w in to_wake.drain(..) {
-                w.wake();
+            log.waiting = waiting;
+        }
+        for w in to_wake.drain(..) {
+            w.wake();
+        }
+    });
+}
+
+impl Staged {
+    /// Appends what is staged to its room.
+    fn publish(&mut self) {
+        if let Some((room, from)) = self.to.take() {
+            let frames = self.buf.split().freeze();
+            let (messages, bytes) = (self.messages, self.payload_bytes);
+            self.messages = 0;
+            self.payload_bytes = 0;
+            append(&room, from, frames, messages, bytes);
+        }
+    }
+}
+
+impl Membership {
+    /// Serialises a message for the room; it is appended with the others of this read by
+    /// [`Membership::flush`] (or at once, should another connection stage first).
+    pub fn stage(&self, opcode: OpCode, payload: &[u8]) {
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let n = write_server_header(&mut header, opcode, payload.len());
+        STAGED.with(|staged| {
+            let Ok(mut st) = staged.try_borrow_mut() else {
+                // Not reachable (nothing re-enters here); publish on its own rather than lose it.
+                let frame = crate::out::frame_bytes(opcode, payload);
+                append(&self.room, self.id, frame, 1, payload.len() as u64);
+                return;
+            };
+            let mine =
+                matches!(&st.to, Some((r, id)) if Arc::ptr_eq(r, &self.room) && *id == self.id);
+            if !mine {
+                st.publish();
+                st.to = Some((self.room.clone(), self.id));
+            }
+            let len = n + payload.len();
+            if st.buf.capacity() - st.buf.len() < len {
+                if !st.buf.is_empty() {
+                    // The chunk is full: what it holds goes out first.
+                    st.publish();
+                    st.to = Some((self.room.clone(), self.id));
+                }
+                st.buf = BytesMut::with_capacity(len.max(STAGING_CHUNK));
+            }
+            st.buf.extend_from_slice(&header[..n]);
+            st.buf.extend_from_slice(payload);
+            st.messages += 1;
+            st.payload_bytes += payload.len() as u64;
+        });
+    }
+
+    /// Appends what this connection staged to the room and wakes the members that sleep.
+    pub fn flush(&self) {
+        STAGED.with(|staged| {
+            if let Ok(mut st) = staged.try_borrow_mut() {
+                st.publish();
             }
         });
     }
 
-    /// Moves up to `max` frames this member has not had into `out` (skipping its own unless
-    /// `own`), or registers `waker` for the next publish when there are none.
+    /// Publishes one message at once (stage and flush).
+    pub fn publish(&self, opcode: OpCode, payload: &[u8]) {
+        self.stage(opcode, payload);
+        self.flush();
+    }
+
+    /// Moves up to `max` entries this member has not had into `out` (skipping its own unless
+    /// `own`). When that leaves the member caught up, `waker` is registered for the next publish
+    /// in the same step, so a member takes the room's lock once per wake-up.
     pub fn take(&self, waker: &Waker, out: &mut Vec<Bytes>, max: usize, own: bool) -> Take {
         let mut log = self.room.lock();
         let (base, head) = (log.base, log.head());
@@ -272,16 +374,6 @@ impl Membership {
         if cursor < base {
             return Take::TooSlow;
         }
-        if cursor == head {
-            let Log { slots, waiting, .. } = &mut *log;
-            if let Some(s) = slots.get_mut(self.slot) {
-                if s.waker.is_none() {
-                    s.waker = Some(waker.clone());
-                    waiting.push(self.slot);
-                }
-            }
-            return Take::Idle;
-        }
         let end = head.min(cursor + max as u64);
         let (mut messages, mut bytes) = (0, 0);
         for e in log
@@ -289,36 +381,70 @@ impl Membership {
             .range((cursor - base) as usize..(end - base) as usize)
         {
             if own || e.from != self.id {
-                out.push(e.frame.clone());
-                messages += 1;
-                bytes += e.payload_len as u64;
+                out.push(e.frames.clone());
+                messages += e.messages;
+                bytes += e.payload_bytes;
             }
         }
-        if let Some(s) = log.slots.get_mut(self.slot) {
-            s.cursor = end;
+        let Log {
+            slots,
+            waiting,
+            caught_up,
+            members,
+            ..
+        } = &mut *log;
+        let Some(s) = slots.get_mut(self.slot) else {
+            return Take::TooSlow;
+        };
+        s.cursor = end;
+        if end < head {
+            return Take::More { messages, bytes };
         }
-        Take::Frames { messages, bytes }
+        if cursor < head {
+            *caught_up += 1;
+        }
+        if s.waker.is_none() {
+            s.waker = Some(waker.clone());
+            waiting.push(self.slot);
+        }
+        if *caught_up == *members {
+            // Everyone has everything: the log's buffers can go.
+            log.trim();
+        }
+        Take::CaughtUp { messages, bytes }
     }
 
     /// Bytes of frames published in the room that this member has not taken yet.
     pub fn lag_bytes(&self) -> u64 {
         let log = self.room.lock();
         let cursor = log.slots.get(self.slot).map_or(log.base, |s| s.cursor);
-        log.published_bytes - log.offset_of(cursor.max(log.base))
+        let from = match log.entries.get(cursor.saturating_sub(log.base) as usize) {
+            Some(e) => e.offset,
+            None => log.published_bytes,
+        };
+        log.published_bytes - from
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        // What this connection staged but had not appended yet still goes out.
+        self.flush();
         let mut rooms = self.hub.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let empty = {
             let mut log = self.room.lock();
+            let head = log.head();
             if let Some(s) = log.slots.get_mut(self.slot) {
+                let was_caught_up = s.cursor == head;
                 s.id = 0;
                 s.waker = None;
+                if was_caught_up {
+                    log.caught_up = log.caught_up.saturating_sub(1);
+                }
             }
             log.free.push(self.slot);
             log.members -= 1;
+            log.trim();
             log.members == 0
         };
         self.hub.member_gauge.dec();
@@ -354,8 +480,8 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match m.take(w, &mut out, 64, own) {
-                Take::Frames { .. } => {}
-                Take::Idle => return Ok(out),
+                Take::More { .. } => {}
+                Take::CaughtUp { .. } => return Ok(out),
                 other => return Err(other),
             }
         }
@@ -433,6 +559,42 @@ mod tests {
             take_all(&fast, &w, true).unwrap();
         }
         assert!(fast.room.lock().entries.len() <= TRIM_ENTRIES + 1);
+    }
+
+    #[test]
+    fn one_reads_messages_go_out_as_one_buffer_and_the_log_empties_once_everyone_has_them() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.join("r".into(), 1);
+        let member = hub.join("r".into(), 2);
+        let other = hub.join("elsewhere".into(), 3);
+        for i in 0..3u8 {
+            publisher.stage(OpCode::Binary, &[i]);
+        }
+        // Another connection staging on this thread first sends what is staged.
+        other.stage(OpCode::Binary, b"x");
+        other.flush();
+        let (_, w) = waker();
+        let mut out = Vec::new();
+        let Take::CaughtUp { messages, bytes } = member.take(&w, &mut out, 64, true) else {
+            panic!("caught up in one take");
+        };
+        assert_eq!(
+            (messages, bytes, out.len()),
+            (3, 3, 1),
+            "three messages, one buffer"
+        );
+        assert_eq!(&out[0][..], b"\x82\x01\x00\x82\x01\x01\x82\x01\x02");
+        assert_eq!(
+            publisher.room.lock().entries.len(),
+            1,
+            "the publisher has not taken it"
+        );
+        take_all(&publisher, &w, true).unwrap();
+        assert_eq!(
+            publisher.room.lock().entries.len(),
+            0,
+            "everyone has it: the log is empty"
+        );
     }
 
     #[test]

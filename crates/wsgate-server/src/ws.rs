@@ -457,7 +457,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 self.counts.messages_out += 1;
                 self.counts.bytes_out += payload.len() as u64;
             }
-            Some(ch) => ch.membership.publish(opcode, payload),
+            // Appended to the room with the rest of this read's messages (see poll_read_with).
+            Some(ch) => ch.membership.stage(opcode, payload),
         }
         Ok(())
     }
@@ -512,6 +513,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             r.map(|_| ())
         };
+        // What this read published goes to the room as one entry, even if the read then failed.
+        if let Some(ch) = &self.channel {
+            ch.membership.flush();
+        }
         // Answers produced before an error (a pong, the close reply) still go out first.
         if !sink.batch.is_empty() {
             let batch = std::mem::take(sink.batch);
@@ -554,7 +559,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     return Poll::Pending;
                 }
             }
-            if !self.closing {
+            if !self.closing && self.channel.is_some() {
                 if let Poll::Ready(end) = self.poll_inbox(cx) {
                     return Poll::Ready(end);
                 }
@@ -596,24 +601,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 return Poll::Pending;
             };
             frames.clear();
-            match ch
-                .membership
-                .take(cx.waker(), frames, FRAMES_PER_WRITE, ch.deliver_to_sender)
-            {
-                Take::Idle => return Poll::Pending,
-                Take::TooSlow => {
-                    return Poll::Ready(End::Close(
-                        1013,
-                        "too slow: messages for this connection were dropped".into(),
-                    ))
-                }
-                Take::Frames { messages, bytes } => {
-                    self.counts.messages_out += messages;
-                    self.counts.bytes_out += bytes;
-                }
-            }
+            let caught_up =
+                match ch
+                    .membership
+                    .take(cx.waker(), frames, FRAMES_PER_WRITE, ch.deliver_to_sender)
+                {
+                    Take::TooSlow => {
+                        return Poll::Ready(End::Close(
+                            1013,
+                            "too slow: messages for this connection were dropped".into(),
+                        ))
+                    }
+                    Take::More { messages, bytes } => {
+                        self.counts.messages_out += messages;
+                        self.counts.bytes_out += bytes;
+                        false
+                    }
+                    Take::CaughtUp { messages, bytes } => {
+                        self.counts.messages_out += messages;
+                        self.counts.bytes_out += bytes;
+                        true
+                    }
+                };
             if let Err(end) = self.write_shared(cx, frames) {
                 return Poll::Ready(end);
+            }
+            if caught_up {
+                // Registered with the room: the next publish wakes this task.
+                return Poll::Pending;
             }
         }
     }
