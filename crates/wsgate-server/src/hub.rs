@@ -33,6 +33,17 @@ const TRIM_BYTES: u64 = 64 * 1024;
 /// Each worker thread serialises what its connections publish into buffers of this size (larger
 /// messages get a buffer of their own); a buffer is freed once no entry or write refers to it.
 const STAGING_CHUNK: usize = 16 * 1024;
+/// The cursor of a free slot.
+const FREE: u64 = u64::MAX;
+
+/// Pushes onto a vector that grows by a quarter (at least 4) rather than doubling: a room's
+/// member lists are kept for as long as the room lives.
+fn push_snug<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 4).max(4));
+    }
+    v.push(item);
+}
 
 /// Messages of one publisher, appended to the log together.
 struct Entry {
@@ -50,11 +61,9 @@ struct Entry {
     message_offset: u64,
 }
 
-/// A member's place in the log.
+/// A member's place in the log (24 bytes: an idle member costs little).
 struct Slot {
-    /// The connection, or 0 for a free slot.
-    id: u64,
-    /// The sequence number of the next entry it takes.
+    /// The sequence number of the next entry it takes; [`FREE`] for a free slot.
     cursor: u64,
     /// Set while the member sleeps, caught up; taken (and woken) by the next publish.
     waker: Option<Waker>,
@@ -76,7 +85,7 @@ struct Log {
     /// Members whose cursor is at the head: when all are, the log is emptied.
     caught_up: usize,
     /// Slots whose member sleeps (their `waker` is set).
-    waiting: Vec<usize>,
+    waiting: Vec<u32>,
 }
 
 impl Log {
@@ -107,7 +116,7 @@ impl Log {
             let min = self
                 .slots
                 .iter()
-                .filter(|s| s.id != 0)
+                .filter(|s| s.cursor != FREE)
                 .map(|s| s.cursor)
                 .min()
                 .unwrap_or(head);
@@ -127,8 +136,9 @@ impl Log {
 }
 
 /// A room: the log of one channel path.
-#[derive(Default)]
 struct Room {
+    /// Its key in the hub, kept once here rather than by every member.
+    key: String,
     log: Mutex<Log>,
 }
 
@@ -151,7 +161,6 @@ pub struct Hub {
 /// A connection's place in a room; leaving happens on drop.
 pub struct Membership {
     hub: Arc<Hub>,
-    key: String,
     room: Arc<Room>,
     slot: usize,
     id: u64,
@@ -214,19 +223,23 @@ impl Hub {
     pub fn join(self: &Arc<Hub>, key: String, id: u64) -> Membership {
         // Joining under the hub lock means a room cannot be removed between lookup and joining.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let room = rooms
-            .entry(key.clone())
-            .or_insert_with(|| {
+        let room = match rooms.get(&key) {
+            Some(r) => r.clone(),
+            None => {
                 self.room_gauge.inc();
-                Arc::default()
-            })
-            .clone();
+                let r = Arc::new(Room {
+                    key: key.clone(),
+                    log: Mutex::default(),
+                });
+                rooms.insert(key, r.clone());
+                r
+            }
+        };
         self.member_gauge.inc();
         let slot = {
             let mut log = room.lock();
             let cursor = log.head();
             let slot = Slot {
-                id,
                 cursor,
                 waker: None,
             };
@@ -238,7 +251,7 @@ impl Hub {
                     i
                 }
                 None => {
-                    log.slots.push(slot);
+                    push_snug(&mut log.slots, slot);
                     log.slots.len() - 1
                 }
             }
@@ -246,7 +259,6 @@ impl Hub {
         drop(rooms);
         Membership {
             hub: self.clone(),
-            key,
             room,
             slot,
             id,
@@ -287,7 +299,7 @@ fn append(room: &Room, from: u64, frames: Bytes, messages: u64, payload_bytes: u
             log.trim();
             let mut waiting = std::mem::take(&mut log.waiting);
             for i in waiting.drain(..) {
-                if let Some(w) = log.slots.get_mut(i).and_then(|s| s.waker.take()) {
+                if let Some(w) = log.slots.get_mut(i as usize).and_then(|s| s.waker.take()) {
                     to_wake.push(w);
                 }
             }
@@ -405,7 +417,7 @@ impl Membership {
         }
         if s.waker.is_none() {
             s.waker = Some(waker.clone());
-            waiting.push(self.slot);
+            push_snug(waiting, self.slot as u32);
         }
         if *caught_up == *members {
             // Everyone has everything: the log's buffers can go.
@@ -436,7 +448,7 @@ impl Drop for Membership {
             let head = log.head();
             if let Some(s) = log.slots.get_mut(self.slot) {
                 let was_caught_up = s.cursor == head;
-                s.id = 0;
+                s.cursor = FREE;
                 s.waker = None;
                 if was_caught_up {
                     log.caught_up = log.caught_up.saturating_sub(1);
@@ -449,7 +461,7 @@ impl Drop for Membership {
         };
         self.hub.member_gauge.dec();
         if empty {
-            rooms.remove(&self.key);
+            rooms.remove(&self.room.key);
             self.hub.room_gauge.dec();
         }
     }
