@@ -14,6 +14,7 @@
 //! the log's start and is closed (1013), so it never holds the room back or makes its memory grow.
 //! Once every member has everything, the log is emptied.
 
+use crate::cluster::{Cluster, Command};
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use std::cell::RefCell;
@@ -136,10 +137,12 @@ impl Log {
 }
 
 /// A room: the log of one channel path.
-struct Room {
+pub(crate) struct Room {
     /// Its key in the hub, kept once here rather than by every member.
     key: String,
     log: Mutex<Log>,
+    /// Where local publishes also go, on a clustered node.
+    cluster: Option<Cluster>,
 }
 
 impl Room {
@@ -156,6 +159,8 @@ pub struct Hub {
     /// `wsgate_channel_rooms` and `wsgate_channel_members`, moved on join and leave only.
     room_gauge: Gauge,
     member_gauge: Gauge,
+    /// The other nodes, on a clustered node.
+    cluster: Option<Cluster>,
 }
 
 /// A connection's place in a room; leaving happens on drop.
@@ -209,12 +214,14 @@ thread_local! {
 }
 
 impl Hub {
-    /// A hub that keeps the metrics' room and member gauges.
-    pub fn counted(metrics: &crate::metrics::Metrics) -> Hub {
+    /// A hub that keeps the metrics' room and member gauges and, on a clustered node, shares
+    /// its rooms with the other nodes.
+    pub fn counted(metrics: &crate::metrics::Metrics, cluster: Option<Cluster>) -> Hub {
         Hub {
             rooms: Mutex::default(),
             room_gauge: metrics.channel_rooms.clone(),
             member_gauge: metrics.channel_members.clone(),
+            cluster,
         }
     }
 
@@ -230,7 +237,11 @@ impl Hub {
                 let r = Arc::new(Room {
                     key: key.clone(),
                     log: Mutex::default(),
+                    cluster: self.cluster.clone(),
                 });
+                if let Some(c) = &self.cluster {
+                    c.send(Command::Subscribe(key.clone(), Arc::downgrade(&r)));
+                }
                 rooms.insert(key, r.clone());
                 r
             }
@@ -269,6 +280,11 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.rooms.lock().map(|r| r.len()).unwrap_or(0)
     }
+}
+
+/// Appends what another node published to the local room (`from` 0 is no local connection).
+pub(crate) fn append_remote(room: &Room, frames: Bytes, messages: u64, payload_bytes: u64) {
+    append(room, 0, frames, messages, payload_bytes);
 }
 
 /// Appends staged messages to their room and wakes the members that were asleep.
@@ -319,6 +335,10 @@ impl Staged {
             let (messages, bytes) = (self.messages, self.payload_bytes);
             self.messages = 0;
             self.payload_bytes = 0;
+            if let Some(c) = &room.cluster {
+                let envelope = c.envelope(&frames, messages, bytes);
+                c.send(Command::Publish(room.key.clone(), envelope, messages));
+            }
             append(&room, from, frames, messages, bytes);
         }
     }
@@ -463,6 +483,9 @@ impl Drop for Membership {
         if empty {
             rooms.remove(&self.room.key);
             self.hub.room_gauge.dec();
+            if let Some(c) = &self.hub.cluster {
+                c.send(Command::Unsubscribe(self.room.key.clone()));
+            }
         }
     }
 }

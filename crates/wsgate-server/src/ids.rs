@@ -57,3 +57,20 @@ pub fn dev_token() -> String {
     }
     URL_SAFE_NO_PAD.encode(b)
 }
+
+/// A default cluster node name: the host name and a random suffix, so two processes on one
+/// host differ.
+pub fn node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsgate".to_owned());
+    format!("{host}-{:04x}", random_u64() & 0xffff)
+}

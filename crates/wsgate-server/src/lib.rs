@@ -11,6 +11,7 @@
 
 mod accept;
 mod admin;
+pub mod cluster;
 pub mod config;
 pub mod decision;
 pub mod extcheck;

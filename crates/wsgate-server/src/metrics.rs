@@ -41,6 +41,16 @@ pub struct Metrics {
     /// Connections closed because a peer stopped reading (send timeout) or fell too far behind
     /// its room: how often slow consumers are cut off.
     pub slow_closes: Counter,
+    /// 1 while a clustered node is connected to Redis, 0 otherwise.
+    pub cluster_up: Gauge,
+    /// Messages this node published to the other nodes.
+    pub cluster_published: Counter,
+    /// Messages received from other nodes.
+    pub cluster_received: Counter,
+    /// Messages not sent to the other nodes because Redis was unreachable.
+    pub cluster_dropped: Counter,
+    /// Reconnections to Redis after an outage.
+    pub cluster_reconnects: Counter,
     /// Channel rooms with at least one member.
     pub channel_rooms: Gauge,
     /// Members of channel rooms.
@@ -69,6 +79,11 @@ impl Metrics {
             slow_closes: Counter::default(),
             runtime_tasks: Gauge::default(),
             channel_rooms: Gauge::default(),
+            cluster_up: Gauge::default(),
+            cluster_published: Counter::default(),
+            cluster_received: Counter::default(),
+            cluster_dropped: Counter::default(),
+            cluster_reconnects: Counter::default(),
             channel_members: Gauge::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
@@ -138,6 +153,31 @@ impl Metrics {
             "channel_members",
             "Members of channel rooms (a leaving member is gone at once)",
             m.channel_members.clone(),
+        );
+        registry.register(
+            "cluster_up",
+            "1 while this node is connected to the cluster's Redis, 0 otherwise",
+            m.cluster_up.clone(),
+        );
+        registry.register(
+            "cluster_published",
+            "Messages published to the other nodes",
+            m.cluster_published.clone(),
+        );
+        registry.register(
+            "cluster_received",
+            "Messages received from the other nodes",
+            m.cluster_received.clone(),
+        );
+        registry.register(
+            "cluster_dropped",
+            "Messages not sent to the other nodes because Redis was unreachable",
+            m.cluster_dropped.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Reconnections to Redis after an outage",
+            m.cluster_reconnects.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",

@@ -171,6 +171,10 @@ impl Server {
             send_timeout: config.limits.send_timeout,
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| crate::cluster::Cluster::start(c, metrics.clone(), shutdown.clone()));
         let gate = Gatekeeper::new(&config);
         let in_progress =
             wsgate_admission::limits::InProgress::new(config.limits.max_handshakes_per_client);
@@ -194,7 +198,7 @@ impl Server {
             shared: Arc::new(Shared {
                 config,
                 gate,
-                hub: Arc::new(Hub::counted(&metrics)),
+                hub: Arc::new(Hub::counted(&metrics, cluster)),
                 metrics,
                 next_conn: AtomicU64::new(1),
                 in_progress,

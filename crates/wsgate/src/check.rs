@@ -52,6 +52,21 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
         Some(a) => println!("admin http://{a}/metrics"),
         None => println!("admin off"),
     }
+    if let Some(c) = &config.cluster {
+        print!(
+            "cluster node_id={} redis={} prefix={}",
+            c.node_id,
+            c.redacted_url(),
+            c.prefix
+        );
+        // Not an error of the file: serve starts without Redis and connects when it can.
+        match wsgate_server::cluster::probe(c) {
+            Ok(()) => println!(" (Redis answered PING)"),
+            Err(e) => println!(
+                "\nWARNING cluster: {e}; `serve` would run on its own until Redis answers. Check cluster.redis (host, port, password in redis://:PASSWORD@HOST) and that Redis runs"
+            ),
+        }
+    }
     let fw = &config.firewall;
     if !fw.rules.is_empty() || !fw.trusted_proxies.is_empty() || fw.ban.is_some() {
         let show = |v: &[wsgate_admission::firewall::Cidr]| {

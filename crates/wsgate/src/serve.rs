@@ -117,6 +117,14 @@ fn banner(config: &Config, server: &Server) {
         Some(a) => println!("admin http://{a}/metrics"),
         None => println!("admin off"),
     }
+    if let Some(c) = &config.cluster {
+        println!(
+            "cluster node {} via {} (channels prefixed {:?})",
+            c.node_id,
+            c.redacted_url(),
+            c.prefix
+        );
+    }
     if let Some(url) = first_echo {
         println!("try: python3 -m websockets {url}");
         let http = url.replacen("ws", "http", 1);

@@ -61,6 +61,42 @@ pub struct Config {
     pub dev_token: Option<String>,
     /// Global firewall rules, trusted proxies and bans.
     pub firewall: Firewall,
+    /// Rooms shared with other nodes through Redis, if configured.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: this node's place among the nodes that share rooms through Redis.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The Redis URL as configured (it may hold a password: print [`Cluster::redacted_url`]).
+    pub redis: String,
+    /// This node's name, in the banner and on every message it publishes.
+    pub node_id: String,
+    /// Prefix of the Redis channels, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl Cluster {
+    /// The Redis URL with any password replaced by `***`, for banners, logs and `wsgate check`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis)
+    }
+}
+
+/// A URL with the password of its user-info (`scheme://user:password@host`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The global firewall settings (each route may add its own rules).

@@ -42,6 +42,16 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) firewall: RawFirewall,
+    pub(super) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: several nodes sharing rooms through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) redis: String,
+    pub(super) node_id: Option<String>,
+    pub(super) prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -360,6 +360,10 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
             ));
         }
     }
+    let cluster = match raw.cluster {
+        None => None,
+        Some(c) => Some(cluster(c).map_err(|(k, m)| err(format!("cluster.{k}"), m))?),
+    };
     Ok(Checked {
         config: Config {
             source: source.to_owned(),
@@ -370,6 +374,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
             routes,
             dev_token: None,
             firewall,
+            cluster,
         },
         listener_policies,
         route_policies,
@@ -415,5 +420,58 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
         trusted_proxies,
         client_address_header,
         ban,
+    })
+}
+
+/// `[cluster]`: the Redis URL (checked, never echoed with its password), this node's name and
+/// the channel prefix.
+fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
+    let url = c.redis.trim();
+    let shown = super::model::redact_url(url);
+    match url.split_once("://").map(|(s, _)| s) {
+        Some("redis") => {}
+        Some("rediss") => {
+            return Err((
+                "redis".into(),
+                format!("{shown}: TLS to Redis (rediss://) is not supported yet; use redis:// on a private network or a local TLS tunnel"),
+            ))
+        }
+        _ => {
+            return Err((
+                "redis".into(),
+                format!("{shown:?} is not a Redis URL; write redis://HOST:PORT/DB, e.g. \"redis://127.0.0.1:6379/0\" (a password goes in redis://:PASSWORD@HOST)"),
+            ))
+        }
+    }
+    if let Err(e) = redis::Client::open(url) {
+        return Err(("redis".into(), format!("{shown}: {e}")));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let node_id = match c.node_id {
+        Some(n) if name_ok(&n) => n,
+        Some(n) => {
+            return Err((
+                "node_id".into(),
+                format!("{n:?}: use 1 to 64 letters, digits, `-`, `_` or `.`"),
+            ))
+        }
+        None => crate::ids::node_id(),
+    };
+    let prefix = c.prefix.unwrap_or_else(|| "wsgate".to_owned());
+    if !name_ok(&prefix) {
+        return Err((
+            "prefix".into(),
+            format!("{prefix:?}: use 1 to 64 letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+    Ok(Cluster {
+        redis: url.to_owned(),
+        node_id,
+        prefix,
     })
 }

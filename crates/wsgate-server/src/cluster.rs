@@ -1,0 +1,421 @@
+//! Rooms across nodes: what a node's members publish is also published to Redis, and what other
+//! nodes publish arrives from Redis into the local room. A node subscribes once per room that has
+//! local members (never per connection) and unsubscribes when its last local member leaves.
+//!
+//! Delivery across nodes is at most once: Redis pub/sub keeps nothing for a node that is not
+//! connected. When Redis is unreachable, local delivery goes on untouched; what local members
+//! publish meanwhile is not sent to other nodes (counted as dropped), and the node reconnects
+//! with backoff and jitter and subscribes again to every room it has. One publisher's messages
+//! keep their order: a node publishes over one connection, in order, and Redis delivers a
+//! channel's messages in the order it received them.
+//!
+//! The broker sits behind [`Broker`] (publish, subscribe, unsubscribe, a stream of what arrives),
+//! so another one could be added; only Redis is built.
+
+use crate::hub::{self, Room};
+use crate::metrics::Metrics;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Version of the message envelope, first byte of every message.
+const ENVELOPE: u8 = 1;
+/// Publishes sent to Redis in one pipeline at most.
+const PIPELINE: usize = 256;
+
+/// What a room's node-level subscription needs from the hub.
+pub(crate) enum Command {
+    /// The room got its first local member.
+    Subscribe(String, Weak<Room>),
+    /// The room's last local member left.
+    Unsubscribe(String),
+    /// Local members published these messages (the envelope, and how many messages it holds).
+    Publish(String, Bytes, u64),
+}
+
+/// This node's link to the other nodes; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    node_id: Arc<str>,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Cluster {
+    /// Starts the link (it connects, and reconnects, on its own) and returns its handle.
+    pub fn start(
+        config: &crate::config::Cluster,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Cluster {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+        let link = Link {
+            url: config.redis.clone(),
+            shown: config.redacted_url(),
+            prefix: format!("{}:room:", config.prefix),
+            node_id: node_id.clone(),
+            metrics,
+            rooms: HashMap::new(),
+        };
+        tokio::spawn(link.run(rx, shutdown));
+        Cluster { node_id, tx }
+    }
+
+    /// This node's name.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub(crate) fn send(&self, c: Command) {
+        // Only fails once the link has stopped at shutdown.
+        let _ = self.tx.send(c);
+    }
+
+    /// The message other nodes receive for frames published here: the envelope version, this
+    /// node's name, the message and payload-byte counts, then the frames as members write them.
+    pub(crate) fn envelope(&self, frames: &[u8], messages: u64, payload_bytes: u64) -> Bytes {
+        let id = self.node_id.as_bytes();
+        let mut b = BytesMut::with_capacity(1 + 1 + id.len() + 16 + frames.len());
+        b.put_u8(ENVELOPE);
+        b.put_u8(id.len() as u8);
+        b.put_slice(id);
+        b.put_u64_le(messages);
+        b.put_u64_le(payload_bytes);
+        b.put_slice(frames);
+        b.freeze()
+    }
+}
+
+/// Connects to the cluster's Redis and asks it to PING, for `wsgate check`: the error says what
+/// failed (unreachable, wrong password, …) without the password.
+pub fn probe(config: &crate::config::Cluster) -> Result<(), String> {
+    let shown = config.redacted_url();
+    let client = redis::Client::open(config.redis.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(3))
+        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    redis::cmd("PING")
+        .query::<String>(&mut con)
+        .map(|_| ())
+        .map_err(|e| format!("{shown} did not answer PING: {e}"))
+}
+
+/// A decoded message from another node.
+struct Arrival {
+    node: String,
+    messages: u64,
+    payload_bytes: u64,
+    frames: Bytes,
+}
+
+fn open_envelope(payload: &[u8]) -> Option<Arrival> {
+    let (&version, rest) = payload.split_first()?;
+    if version != ENVELOPE {
+        return None;
+    }
+    let (&n, rest) = rest.split_first()?;
+    let node = std::str::from_utf8(rest.get(..n as usize)?)
+        .ok()?
+        .to_owned();
+    let rest = rest.get(n as usize..)?;
+    let word = |at: usize| -> Option<u64> {
+        let b: [u8; 8] = rest.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let (messages, payload_bytes) = (word(0)?, word(8)?);
+    Some(Arrival {
+        node,
+        messages,
+        payload_bytes,
+        frames: Bytes::copy_from_slice(rest.get(16..)?),
+    })
+}
+
+/// A message broker that carries rooms between nodes.
+trait Broker {
+    /// Publishes messages to a channel, in order.
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Result<(), String>;
+    /// Starts receiving a channel.
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String>;
+    /// Stops receiving a channel.
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String>;
+    /// The next message received: channel and payload; `None` when the connection is lost.
+    async fn next(&mut self) -> Option<(String, Vec<u8>)>;
+}
+
+/// Redis: one connection for publishing, one for the subscriptions.
+struct Redis {
+    publish: redis::aio::MultiplexedConnection,
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+}
+
+impl Redis {
+    async fn connect(url: &str) -> Result<Redis, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let publish = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sink, stream) = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?
+            .split();
+        Ok(Redis {
+            publish,
+            sink,
+            stream,
+        })
+    }
+}
+
+impl Broker for Redis {
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        }
+        pipe.query_async::<()>(&mut self.publish)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        self.sink
+            .subscribe(channel)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+        self.sink
+            .unsubscribe(channel)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        let m = self.stream.next().await?;
+        Some((
+            m.get_channel_name().to_owned(),
+            m.get_payload_bytes().to_vec(),
+        ))
+    }
+}
+
+/// The task that owns the connection to Redis.
+struct Link {
+    url: String,
+    /// The URL with its password hidden, for logs.
+    shown: String,
+    /// `PREFIX:room:`, the start of every channel name.
+    prefix: String,
+    node_id: Arc<str>,
+    metrics: Arc<Metrics>,
+    /// Rooms with local members, by key.
+    rooms: HashMap<String, Weak<Room>>,
+}
+
+/// Why the connected loop ended.
+enum Ended {
+    /// The server is shutting down, or the hub is gone.
+    Stop,
+    /// The connection to Redis failed.
+    Lost(String),
+}
+
+impl Link {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut down_since: Option<std::time::Instant> = None;
+        let mut first = true;
+        loop {
+            let connected = tokio::select! {
+                r = Redis::connect(&self.url) => r,
+                _ = crate::out::stopped(&mut shutdown) => return,
+            };
+            let reason = match connected {
+                Ok(mut redis) => {
+                    self.metrics.cluster_up.set(1);
+                    match down_since.take() {
+                        Some(t) => tracing::info!(
+                            redis = %self.shown,
+                            after = ?t.elapsed(),
+                            "cluster: Redis reachable again; rooms subscribed again"
+                        ),
+                        None if first => {
+                            tracing::info!(redis = %self.shown, node = %self.node_id, "cluster: connected to Redis")
+                        }
+                        None => {}
+                    }
+                    if !first {
+                        self.metrics.cluster_reconnects.inc();
+                    }
+                    first = false;
+                    backoff = Duration::from_millis(100);
+                    match self.connected(&mut redis, &mut rx, &mut shutdown).await {
+                        Ended::Stop => return,
+                        Ended::Lost(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            self.metrics.cluster_up.set(0);
+            if down_since.is_none() {
+                // Logged once per outage; local delivery goes on meanwhile.
+                tracing::warn!(
+                    redis = %self.shown,
+                    error = %reason,
+                    "cluster: Redis unreachable; local delivery continues, other nodes do not get this node's messages until it is back"
+                );
+                down_since = Some(std::time::Instant::now());
+            }
+            // Wait before reconnecting, keeping the room list current and counting what is lost.
+            let jitter = Duration::from_millis(crate::ids::random_bytes::<1>()[0] as u64);
+            let wait = tokio::time::sleep(backoff + jitter);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = crate::out::stopped(&mut shutdown) => return,
+                    c = rx.recv() => match c {
+                        None => return,
+                        Some(Command::Subscribe(k, w)) => { self.rooms.insert(k, w); }
+                        Some(Command::Unsubscribe(k)) => { self.rooms.remove(&k); }
+                        Some(Command::Publish(_, _, n)) => {
+                            self.metrics.cluster_dropped.inc_by(n);
+                        }
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn connected(
+        &mut self,
+        broker: &mut Redis,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        self.rooms.retain(|_, w| w.strong_count() > 0);
+        let channels: Vec<String> = self.rooms.keys().map(|k| self.channel(k)).collect();
+        for c in channels {
+            if let Err(e) = broker.subscribe(&c).await {
+                return Ended::Lost(e);
+            }
+        }
+        let mut batch: Vec<(String, Bytes)> = Vec::new();
+        let mut messages = 0;
+        loop {
+            tokio::select! {
+                _ = crate::out::stopped(shutdown) => return Ended::Stop,
+                c = rx.recv() => {
+                    let Some(first) = c else {
+                        return Ended::Stop;
+                    };
+                    let mut next = Some(first);
+                    while let Some(c) = next.take() {
+                        match c {
+                            Command::Subscribe(k, w) => {
+                                let ch = self.channel(&k);
+                                self.rooms.insert(k, w);
+                                if let Err(e) = broker.subscribe(&ch).await {
+                                    return Ended::Lost(e);
+                                }
+                            }
+                            Command::Unsubscribe(k) => {
+                                self.rooms.remove(&k);
+                                if let Err(e) = broker.unsubscribe(&self.channel(&k)).await {
+                                    return Ended::Lost(e);
+                                }
+                            }
+                            Command::Publish(k, payload, n) => {
+                                batch.push((self.channel(&k), payload));
+                                messages += n;
+                            }
+                        }
+                        if batch.len() < PIPELINE {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !batch.is_empty() {
+                        let n = std::mem::take(&mut messages);
+                        let r = broker.publish(&batch).await;
+                        batch.clear();
+                        match r {
+                            Ok(()) => {
+                                self.metrics.cluster_published.inc_by(n);
+                            }
+                            Err(e) => {
+                                self.metrics.cluster_dropped.inc_by(n);
+                                return Ended::Lost(e);
+                            }
+                        }
+                    }
+                }
+                m = broker.next() => match m {
+                    None => return Ended::Lost("the subscription connection closed".into()),
+                    Some((channel, payload)) => self.arrived(&channel, &payload),
+                },
+            }
+        }
+    }
+
+    /// Another node's message: into the local room, unless this node sent it.
+    fn arrived(&self, channel: &str, payload: &[u8]) {
+        let Some(a) = open_envelope(payload) else {
+            tracing::debug!(
+                channel,
+                "cluster: a message that is not wsgate's envelope, ignored"
+            );
+            return;
+        };
+        if a.node == *self.node_id {
+            return;
+        }
+        let Some(key) = channel.strip_prefix(&self.prefix) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get(key).and_then(Weak::upgrade) {
+            self.metrics.cluster_received.inc_by(a.messages);
+            hub::append_remote(&room, a.frames, a.messages, a.payload_bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_foreign_payloads_are_ignored() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let c = Cluster {
+            node_id: Arc::from("node-a"),
+            tx,
+        };
+        let e = c.envelope(b"\x81\x02hi", 1, 2);
+        let a = open_envelope(&e).unwrap();
+        assert_eq!(
+            (a.node.as_str(), a.messages, a.payload_bytes),
+            ("node-a", 1, 2)
+        );
+        assert_eq!(&a.frames[..], b"\x81\x02hi");
+        assert!(open_envelope(b"hello").is_none());
+        assert!(open_envelope(&e[..5]).is_none());
+        assert!(open_envelope(b"").is_none());
+    }
+}

@@ -1,0 +1,169 @@
+"""Rooms across nodes through a real `redis-server` (started here on a random loopback port): three
+wsgate nodes on one Redis deliver every message to every member on every node, in order, exactly
+once; Redis killed mid-stream leaves local delivery running and cross-node delivery comes back when
+Redis does; `wsgate check` shows the cluster without its password."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+
+from conftest import BIN, config, require_tool, run
+
+ROOM = '[[route]]\npath = "/ws/chat/{room}"\nkind = "channel"\ndeliver_to_sender = false\n'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A throwaway redis-server on 127.0.0.1, without persistence."""
+
+    def __init__(self, tmp_path, port=None):
+        self.exe = require_tool("redis-server", "Debian's redis-server runs the cluster tests")
+        self.port = port or free_port()
+        self.dir = tmp_path
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path)
+    yield r
+    if r.proc.poll() is None:
+        r.kill()
+
+
+def node(wsgate, redis_url, name):
+    return wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis_url}"\nnode_id = "{name}"\n')
+
+
+def test_three_nodes_deliver_every_message_to_every_member_in_order_exactly_once(wsgate, redis):
+    nodes = [node(wsgate, redis.url, n) for n in ("a", "b", "c")]
+    for n in nodes:
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+    per = 50
+
+    async def go():
+        members = []
+        for n in nodes:
+            for _ in range(3):
+                members.append(await connect(n.url + "/ws/chat/lobby", max_queue=None))
+        # Each node subscribes to the room once its first member joined; give Redis a moment.
+        await asyncio.sleep(0.5)
+        publishers = [await connect(n.url + "/ws/chat/lobby", max_queue=None) for n in nodes]
+
+        async def publish(ws, who):
+            for i in range(per):
+                await ws.send(f"{who}:{i}")
+
+        await asyncio.gather(*(publish(p, w) for p, w in zip(publishers, "ABC")))
+        want = 3 * per
+
+        async def collect(ws):
+            got = []
+            while len(got) < want:
+                got.append(await ws.recv())
+            # Nothing more arrives: no duplicates.
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.5)
+            return got
+
+        results = await asyncio.wait_for(asyncio.gather(*(collect(m) for m in members)), 30)
+        for ws in members + publishers:
+            await ws.close()
+        return results
+
+    for got in run(go(), timeout=60):
+        for who in "ABC":
+            assert [m for m in got if m.startswith(who + ":")] == [f"{who}:{i}" for i in range(per)]
+    assert all(n.metric("wsgate_cluster_published_total") >= per for n in nodes)
+    assert all(n.metric("wsgate_cluster_received_total") >= 2 * per for n in nodes)
+
+
+def test_redis_outage_keeps_local_delivery_and_cross_node_delivery_comes_back(wsgate, redis):
+    a, b = node(wsgate, redis.url, "a"), node(wsgate, redis.url, "b")
+    for n in (a, b):
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+
+    async def go():
+        u = "/ws/chat/outage"
+        async with connect(a.url + u) as a_member, connect(b.url + u) as b_member, \
+                connect(a.url + u) as pub:
+            await asyncio.sleep(0.5)
+            await pub.send("before")
+            assert await asyncio.wait_for(a_member.recv(), 5) == "before"
+            assert await asyncio.wait_for(b_member.recv(), 5) == "before"
+
+            redis.kill()
+            assert a.wait_metric("wsgate_cluster_up", 0, timeout=10)
+            await pub.send("during")
+            assert await asyncio.wait_for(a_member.recv(), 5) == "during", "local delivery goes on"
+
+            redis.start()
+            assert a.wait_metric("wsgate_cluster_up", 1, timeout=15)
+            assert b.wait_metric("wsgate_cluster_up", 1, timeout=15)
+            await asyncio.sleep(0.5)
+            await pub.send("after")
+            assert await asyncio.wait_for(a_member.recv(), 5) == "after"
+            # "during" was published while Redis was down: at most once, so node b never sees it.
+            assert await asyncio.wait_for(b_member.recv(), 10) == "after"
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b_member.recv(), 0.5)
+
+    run(go(), timeout=60)
+    log = a.wait_log("Redis reachable again", timeout=5)
+    assert log.count("cluster: Redis unreachable") == 1, "the outage is logged once"
+    assert a.metric("wsgate_cluster_reconnects_total") >= 1
+    assert a.metric("wsgate_cluster_dropped_total") >= 1
+
+
+def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "redis://:s3cret-pass@127.0.0.1:1/0"\nnode_id = "n1"\n')
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "cluster node_id=n1 redis=redis://:***@127.0.0.1:1/0" in out.stdout
+    assert "WARNING cluster: cannot connect" in out.stdout
+    assert "s3cret-pass" not in out.stdout + out.stderr
+    cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis.url}"\n')
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "(Redis answered PING)" in out.stdout, out.stdout
+    cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "http://127.0.0.1:6379"\n')
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "`cluster.redis`" in out.stderr and "redis://" in out.stderr
