@@ -113,6 +113,10 @@ def test_three_nodes_deliver_every_message_to_every_member_in_order_exactly_once
         for who in "ABC":
             assert [m for m in got if m.startswith(who + ":")] == [f"{who}:{i}" for i in range(per)]
     assert all(n.metric("wsgate_cluster_published_total") >= per for n in nodes)
+    # A request id names the node that answered.
+    ok = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", nodes[1].url.replace("ws://", "http://") + "/nowhere"],
+                        capture_output=True, text=True, timeout=10).stdout.lower()
+    assert "x-request-id: b-" in ok, ok
     assert all(n.metric("wsgate_cluster_received_total") >= 2 * per for n in nodes)
 
 

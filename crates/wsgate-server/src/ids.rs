@@ -29,15 +29,25 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
-/// A new request id: 16 hex digits, a random per-process base plus a counter.
+/// A clustered node's name, put in front of its request ids so that an id names its node.
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Makes every later request id start with `node` (once per process; later calls are ignored).
+pub fn set_node(node: &str) {
+    let _ = NODE.set(node.to_owned());
+}
+
+/// A new request id: 16 hex digits, a random per-process base plus a counter; on a clustered
+/// node, `NODE-` and the digits.
 pub fn request_id() -> String {
     static BASE: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = *BASE.get_or_init(random_u64);
-    format!(
-        "{:016x}",
-        base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
-    )
+    let n = base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
+    match NODE.get() {
+        Some(node) => format!("{node}-{n:016x}"),
+        None => format!("{n:016x}"),
+    }
 }
 
 /// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes.
