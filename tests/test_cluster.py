@@ -12,6 +12,7 @@ import time
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from conftest import BIN, config, require_tool, run
 
@@ -155,6 +156,41 @@ def test_redis_outage_keeps_local_delivery_and_cross_node_delivery_comes_back(ws
     assert log.count("cluster: Redis unreachable") == 1, "the outage is logged once"
     assert a.metric("wsgate_cluster_reconnects_total") >= 1
     assert a.metric("wsgate_cluster_dropped_total") >= 1
+
+
+def test_the_handshake_rate_is_shared_by_the_nodes(wsgate, redis):
+    limits = "handshake_rate = 0.2\nhandshake_burst = 2\n"
+    cluster = f'\n[cluster]\nredis = "{redis.url}"\nnode_id = "%s"\n'
+    a = wsgate(config(routes=ROOM, limits=limits) + cluster % "a")
+    b = wsgate(config(routes=ROOM, limits=limits) + cluster % "b")
+    for n in (a, b):
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+
+    async def go():
+        # One handshake on each node takes the shared burst of 2; the third is refused on either.
+        async with connect(a.url + "/ws/chat/r"):
+            pass
+        async with connect(b.url + "/ws/chat/r"):
+            pass
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(a.url + "/ws/chat/r"):
+                pass
+        return e.value.response
+
+    r = run(go())
+    assert r.status_code == 429 and r.headers["wsgate-reason"] == "limit.rate"
+    assert "Retry-After" in r.headers
+    assert "across the cluster" in a.wait_log("across the cluster", timeout=5)
+
+    # Without Redis, each node counts on its own again (and says so once, in the outage line).
+    redis.kill()
+    assert b.wait_metric("wsgate_cluster_up", 0, timeout=10)
+
+    async def alone():
+        async with connect(b.url + "/ws/chat/r"):
+            pass
+
+    run(alone())
 
 
 def test_check_shows_the_cluster_without_its_password(tmp_path, redis):

@@ -39,6 +39,18 @@ pub trait Services: Sync {
         req: &Request<'_>,
     ) -> impl Future<Output = Result<auth::Identity, Refusal>> + Send;
 
+    /// On a clustered node, takes a handshake token from the bucket all nodes share: `Some` with
+    /// the answer, or `None` (no cluster, or the shared store did not answer in time) to count
+    /// on this node.
+    fn shared_rate(
+        &self,
+        _client: IpAddr,
+        _rate: f64,
+        _burst: f64,
+    ) -> impl Future<Output = Option<Result<(), Refusal>>> + Send {
+        async { None }
+    }
+
     /// Runs a verification that is slow on purpose (password hashes) where it does not hold up
     /// other connections' handshakes. By default, right here.
     fn slow<T>(&self, verify: impl FnOnce() -> T) -> T {

@@ -62,6 +62,11 @@ impl Limits {
         })
     }
 
+    /// The handshake rate and burst per client address, if limited.
+    pub fn rate(&self) -> Option<(f64, f64)> {
+        self.policy.rate
+    }
+
     /// Takes a handshake token and a connection slot, or refuses with `limit.rate` /
     /// `limit.client_connections`.
     pub fn admit(
@@ -70,8 +75,20 @@ impl Limits {
         identity: Option<&str>,
         now: Instant,
     ) -> Result<Held, Refusal> {
+        self.admit_with(client, identity, now, true)
+    }
+
+    /// [`Limits::admit`] with the rate counted elsewhere (a cluster's shared bucket) when
+    /// `count_rate` is false.
+    pub fn admit_with(
+        self: &Arc<Self>,
+        client: IpAddr,
+        identity: Option<&str>,
+        now: Instant,
+        count_rate: bool,
+    ) -> Result<Held, Refusal> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((rate, burst)) = self.policy.rate {
+        if let Some((rate, burst)) = self.policy.rate.filter(|_| count_rate) {
             if st.buckets.len() >= MAX_BUCKETS && !st.buckets.contains_key(&client) {
                 st.buckets.retain(|_, b| {
                     b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst
@@ -149,6 +166,16 @@ impl Drop for Held {
             }
         }
     }
+}
+
+/// The refusal for a client over its handshake rate; `wait` is when a token is back.
+pub fn over_rate(client: IpAddr, rate: f64, burst: f64, wait: Duration, shared: bool) -> Refusal {
+    let whole = if shared { " across the cluster" } else { "" };
+    Refusal::new(
+        Reason::LimitRate,
+        format!("client {client} exceeds {rate} handshakes/s (burst {burst}){whole}"),
+    )
+    .retry_after(wait.max(Duration::from_secs(1)))
 }
 
 /// Open WebSocket connections across all listeners, against `limits.max_connections`: the last

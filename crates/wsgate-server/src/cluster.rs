@@ -41,7 +41,37 @@ pub(crate) enum Command {
 pub struct Cluster {
     node_id: Arc<str>,
     tx: mpsc::UnboundedSender<Command>,
+    /// A connection for shared admission state, present while Redis is reachable.
+    store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    /// `PREFIX:`, the start of every key.
+    prefix: Arc<str>,
 }
+
+/// How long a handshake waits for the shared store before counting on its own node.
+const STORE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A token bucket per client address, shared by the nodes, on Redis's clock (so the nodes' clocks
+/// do not matter): returns {1, 0} for a token, {0, ms until the next} otherwise.
+const BUCKET: &str = r"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - at) / 1000 * rate)
+local ok, wait = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {ok, wait}
+";
 
 impl Cluster {
     /// Starts the link (it connects, and reconnects, on its own) and returns its handle.
@@ -52,7 +82,9 @@ impl Cluster {
     ) -> Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+        let store = Arc::new(std::sync::Mutex::new(None));
         let link = Link {
+            store: store.clone(),
             url: config.redis.clone(),
             shown: config.redacted_url(),
             prefix: format!("{}:room:", config.prefix),
@@ -61,7 +93,39 @@ impl Cluster {
             rooms: HashMap::new(),
         };
         tokio::spawn(link.run(rx, shutdown));
-        Cluster { node_id, tx }
+        Cluster {
+            node_id,
+            tx,
+            store,
+            prefix: Arc::from(format!("{}:", config.prefix)),
+        }
+    }
+
+    /// Takes a handshake token from the client's bucket shared by every node; `None` when Redis
+    /// is not reachable (or slow), so the node counts on its own meanwhile.
+    pub async fn rate(
+        &self,
+        client: std::net::IpAddr,
+        rate: f64,
+        burst: f64,
+    ) -> Option<Result<(), wsgate_handshake::Refusal>> {
+        let mut con = self.store.lock().ok()?.clone()?;
+        let key = format!("{}rate:{client}", self.prefix);
+        let script = redis::Script::new(BUCKET);
+        let mut invocation = script.key(key);
+        invocation.arg(rate).arg(burst);
+        let call = invocation.invoke_async::<(i64, i64)>(&mut con);
+        match tokio::time::timeout(STORE_TIMEOUT, call).await {
+            Ok(Ok((1, _))) => Some(Ok(())),
+            Ok(Ok((_, wait))) => Some(Err(wsgate_admission::limits::over_rate(
+                client,
+                rate,
+                burst,
+                Duration::from_millis(wait.max(0) as u64),
+                true,
+            ))),
+            _ => None,
+        }
     }
 
     /// This node's name.
@@ -209,6 +273,8 @@ impl Broker for Redis {
 
 /// The task that owns the connection to Redis.
 struct Link {
+    /// Where the admission store's connection is offered to handshakes.
+    store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     url: String,
     /// The URL with its password hidden, for logs.
     shown: String,
@@ -244,6 +310,9 @@ impl Link {
             };
             let reason = match connected {
                 Ok(mut redis) => {
+                    if let Ok(mut s) = self.store.lock() {
+                        *s = Some(redis.publish.clone());
+                    }
                     self.metrics.cluster_up.set(1);
                     match down_since.take() {
                         Some(t) => tracing::info!(
@@ -269,6 +338,9 @@ impl Link {
                 Err(e) => e,
             };
             self.metrics.cluster_up.set(0);
+            if let Ok(mut s) = self.store.lock() {
+                *s = None;
+            }
             if down_since.is_none() {
                 // Logged once per outage; local delivery goes on meanwhile.
                 tracing::warn!(
@@ -406,6 +478,8 @@ mod tests {
         let c = Cluster {
             node_id: Arc::from("node-a"),
             tx,
+            store: Arc::default(),
+            prefix: Arc::from("t:"),
         };
         let e = c.envelope(b"\x81\x02hi", 1, 2);
         let a = open_envelope(&e).unwrap();

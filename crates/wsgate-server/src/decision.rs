@@ -272,7 +272,18 @@ impl Gatekeeper {
         };
         let admitted = m.route.policy(req.listener).admit(&view, services).await?;
         let identity = admitted.identity.as_ref().map(|i| i.name.as_str());
-        let held = self.limits.admit(client.ip, identity, Instant::now())?;
+        // The rate is shared by the nodes of a cluster when they can reach their store.
+        let counted_elsewhere = match self.limits.rate() {
+            Some((rate, burst)) => match services.shared_rate(client.ip, rate, burst).await {
+                Some(Err(refusal)) => return Err(refusal),
+                Some(Ok(())) => true,
+                None => false,
+            },
+            None => false,
+        };
+        let held =
+            self.limits
+                .admit_with(client.ip, identity, Instant::now(), !counted_elsewhere)?;
         // A credential carried as a subprotocol has been removed: only real subprotocols remain.
         let offered = admitted.subprotocols;
         let subprotocol = choose_subprotocol(m.route, &offered)?;

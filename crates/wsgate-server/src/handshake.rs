@@ -214,6 +214,18 @@ impl wsgate_admission::Services for Outside<'_> {
         d
     }
 
+    async fn shared_rate(
+        &self,
+        client: IpAddr,
+        rate: f64,
+        burst: f64,
+    ) -> Option<Result<(), Refusal>> {
+        match &self.shared.cluster {
+            Some(c) => c.rate(client, rate, burst).await,
+            None => None,
+        }
+    }
+
     fn slow<T>(&self, verify: impl FnOnce() -> T) -> T {
         // Password hashes are slow on purpose: verify them off the async workers' hot path.
         tokio::task::block_in_place(verify)

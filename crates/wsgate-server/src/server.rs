@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub upstream_tls: Vec<Option<TlsConnector>>,
     /// The limits every admitted connection runs with (one copy, shared).
     pub conn_limits: Arc<ws::Limits>,
+    /// The other nodes, on a clustered node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A bound, ready-to-run server.
@@ -198,7 +200,8 @@ impl Server {
             shared: Arc::new(Shared {
                 config,
                 gate,
-                hub: Arc::new(Hub::counted(&metrics, cluster)),
+                hub: Arc::new(Hub::counted(&metrics, cluster.clone())),
+                cluster,
                 metrics,
                 next_conn: AtomicU64::new(1),
                 in_progress,
