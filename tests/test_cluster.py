@@ -193,6 +193,51 @@ def test_the_handshake_rate_is_shared_by_the_nodes(wsgate, redis):
     run(alone())
 
 
+def test_a_ban_on_one_node_refuses_the_address_on_every_node(wsgate, redis):
+    ban = '\n[firewall.ban]\nafter = 3\nwindow = "1m"\nduration = "1m"\n'
+    cluster = f'\n[cluster]\nredis = "{redis.url}"\nnode_id = "%s"\n'
+
+    def start(name):
+        n = wsgate(config(routes=ROOM) + ban + cluster % name)
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+        return n
+
+    a, b = start("a"), start("b")
+
+    async def refused_on(n, path):
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(n.url + path):
+                pass
+        return e.value.response
+
+    async def go():
+        for _ in range(3):
+            assert (await refused_on(a, "/nowhere")).status_code == 404
+        assert (await refused_on(a, "/ws/chat/r")).headers["wsgate-reason"] == "firewall.banned"
+        # On node b the ban arrives within a second.
+        deadline = time.time() + 1.0
+        while True:
+            try:
+                async with connect(b.url + "/ws/chat/r"):
+                    pass
+            except InvalidStatus as e:
+                r = e.response
+                break
+            assert time.time() < deadline, "node b did not refuse the banned address within 1 s"
+            await asyncio.sleep(0.05)
+        return r
+
+    r = run(go())
+    assert r.status_code == 403 and r.headers["wsgate-reason"] == "firewall.banned"
+    # A node that starts after the ban reads it from Redis.
+    c = start("c")
+
+    async def late():
+        return await refused_on(c, "/ws/chat/r")
+
+    assert run(late()).headers["wsgate-reason"] == "firewall.banned"
+
+
 def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
     cfg = tmp_path / "c.toml"
     cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "redis://:s3cret-pass@127.0.0.1:1/0"\nnode_id = "n1"\n')

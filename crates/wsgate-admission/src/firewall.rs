@@ -348,6 +348,27 @@ impl Bans {
         }
     }
 
+    /// Bans `ip` until `until`: a ban another node of a cluster made. A longer ban in place stays.
+    pub fn ban_until(&self, ip: IpAddr, until: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.len() >= MAX_TRACKED && !state.contains_key(&ip) {
+            return;
+        }
+        let s = state.entry(ip).or_insert(Strikes {
+            window_start: until,
+            count: 0,
+            banned_until: None,
+        });
+        if s.banned_until.is_none_or(|u| u < until) {
+            s.banned_until = Some(until);
+        }
+    }
+
+    /// The policy's ban duration.
+    pub fn duration(&self) -> Duration {
+        self.policy.duration
+    }
+
     /// Counts a refusal of `ip`; returns true when this refusal starts a ban.
     pub fn record_refusal(&self, ip: IpAddr, now: Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -510,6 +531,22 @@ mod tests {
             client_address(ip("::ffff:127.0.0.1"), &h, &trusted, XFF).ip,
             ip("198.51.100.7")
         );
+    }
+
+    #[test]
+    fn a_ban_from_another_node_refuses_until_it_ends_and_never_shortens_one() {
+        let b = Bans::new(BanPolicy {
+            after: 3,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+        });
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let t = Instant::now();
+        b.ban_until(ip, t + Duration::from_secs(10));
+        assert_eq!(b.check(ip, t).unwrap_err().reason, Reason::FirewallBanned);
+        b.ban_until(ip, t + Duration::from_secs(5));
+        assert!(b.check(ip, t + Duration::from_secs(7)).is_err(), "the longer ban stays");
+        assert!(b.check(ip, t + Duration::from_secs(11)).is_ok());
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub struct Global {
     /// The one forwarding header those proxies set.
     pub client_header: firewall::ClientHeader,
     /// Temporary bans, if enabled.
-    pub bans: Option<firewall::Bans>,
+    pub bans: Option<std::sync::Arc<firewall::Bans>>,
 }
 
 impl Global {

@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Unsubscribe(String),
     /// Local members published these messages (the envelope, and how many messages it holds).
     Publish(String, Bytes, u64),
+    /// This node banned an address for a while: every node refuses it.
+    Ban(std::net::IpAddr, Duration),
 }
 
 /// This node's link to the other nodes; cheap to clone.
@@ -78,12 +80,16 @@ impl Cluster {
     pub fn start(
         config: &crate::config::Cluster,
         metrics: Arc<Metrics>,
+        bans: Option<Arc<wsgate_admission::firewall::Bans>>,
         shutdown: watch::Receiver<bool>,
     ) -> Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let store = Arc::new(std::sync::Mutex::new(None));
         let link = Link {
+            bans,
+            bans_channel: format!("{}:bans", config.prefix),
+            ban_prefix: format!("{}:ban:", config.prefix),
             store: store.clone(),
             url: config.redis.clone(),
             shown: config.redacted_url(),
@@ -131,6 +137,11 @@ impl Cluster {
     /// This node's name.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Tells every node that this one banned `client` for `duration`.
+    pub fn ban(&self, client: std::net::IpAddr, duration: Duration) {
+        self.send(Command::Ban(client, duration));
     }
 
     pub(crate) fn send(&self, c: Command) {
@@ -273,6 +284,12 @@ impl Broker for Redis {
 
 /// The task that owns the connection to Redis.
 struct Link {
+    /// This node's bans, which other nodes' bans join (when `[firewall.ban]` is configured).
+    bans: Option<Arc<wsgate_admission::firewall::Bans>>,
+    /// `PREFIX:bans`, where bans are announced.
+    bans_channel: String,
+    /// `PREFIX:ban:`, the keys of the bans in force (with their expiry), for nodes that start later.
+    ban_prefix: String,
     /// Where the admission store's connection is offered to handshakes.
     store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     url: String,
@@ -365,6 +382,7 @@ impl Link {
                         Some(Command::Publish(_, _, n)) => {
                             self.metrics.cluster_dropped.inc_by(n);
                         }
+                        Some(Command::Ban(..)) => {}
                     },
                 }
             }
@@ -383,6 +401,14 @@ impl Link {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
         self.rooms.retain(|_, w| w.strong_count() > 0);
+        if self.bans.is_some() {
+            if let Err(e) = broker.subscribe(&self.bans_channel).await {
+                return Ended::Lost(e);
+            }
+            if let Err(e) = self.load_bans(broker).await {
+                return Ended::Lost(e);
+            }
+        }
         let channels: Vec<String> = self.rooms.keys().map(|k| self.channel(k)).collect();
         for c in channels {
             if let Err(e) = broker.subscribe(&c).await {
@@ -418,6 +444,11 @@ impl Link {
                                 batch.push((self.channel(&k), payload));
                                 messages += n;
                             }
+                            Command::Ban(ip, d) => {
+                                if let Err(e) = self.announce_ban(broker, ip, d).await {
+                                    return Ended::Lost(e);
+                                }
+                            }
                         }
                         if batch.len() < PIPELINE {
                             next = rx.try_recv().ok();
@@ -446,8 +477,83 @@ impl Link {
         }
     }
 
+    /// Stores the ban with its expiry (for nodes that connect later) and announces it.
+    async fn announce_ban(
+        &self,
+        broker: &mut Redis,
+        ip: std::net::IpAddr,
+        d: Duration,
+    ) -> Result<(), String> {
+        let ms = d.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{}{ip}", self.ban_prefix))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+        pipe.cmd("PUBLISH")
+            .arg(&self.bans_channel)
+            .arg(format!("{ip} {ms}"))
+            .ignore();
+        pipe.query_async::<()>(&mut broker.publish)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The bans in force, read when (re)connecting: a node that starts, or comes back, after a
+    /// ban still refuses the address.
+    async fn load_bans(&self, broker: &mut Redis) -> Result<(), String> {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.ban_prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut broker.publish)
+                .await
+                .map_err(|e| e.to_string())?;
+            for key in keys {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut broker.publish)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(ip) = key.strip_prefix(&self.ban_prefix) {
+                    self.banned(&format!("{ip} {ttl}"));
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// A ban announced by a node (`IP MILLISECONDS`): refused here too until it ends.
+    fn banned(&self, text: &str) {
+        let (Some(bans), Some((ip, ms))) = (&self.bans, text.split_once(' ')) else {
+            return;
+        };
+        let (Ok(ip), Ok(ms)) = (ip.parse::<std::net::IpAddr>(), ms.parse::<i64>()) else {
+            return;
+        };
+        if ms > 0 {
+            let until = std::time::Instant::now() + Duration::from_millis(ms as u64);
+            bans.ban_until(ip, until);
+        }
+    }
+
     /// Another node's message: into the local room, unless this node sent it.
     fn arrived(&self, channel: &str, payload: &[u8]) {
+        if channel == self.bans_channel {
+            if let Ok(text) = std::str::from_utf8(payload) {
+                self.banned(text);
+            }
+            return;
+        }
         let Some(a) = open_envelope(payload) else {
             tracing::debug!(
                 channel,

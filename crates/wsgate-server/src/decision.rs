@@ -190,7 +190,7 @@ impl Gatekeeper {
                 bans: config
                     .firewall
                     .ban
-                    .map(wsgate_admission::firewall::Bans::new),
+                    .map(|b| Arc::new(wsgate_admission::firewall::Bans::new(b))),
             },
             limits: Limits::new(config.limits.clients),
             connections: Connections::new(config.limits.max_connections),

@@ -349,6 +349,9 @@ fn refuse_with(
         .record_refusal(client, refusal.reason, Instant::now())
     {
         tracing::warn!(request_id, client = %client, "client banned after repeated refused handshakes");
+        if let (Some(c), Some(b)) = (&ctx.shared.cluster, &ctx.shared.gate.global().bans) {
+            c.ban(client, b.duration());
+        }
     }
     response::refuse(refusal, &c, &ctx.shared.metrics, &ctx.shared.log_limiter)
 }

@@ -173,11 +173,16 @@ impl Server {
             send_timeout: config.limits.send_timeout,
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let gate = Gatekeeper::new(&config);
         let cluster = config.cluster.as_ref().map(|c| {
             crate::ids::set_node(&c.node_id);
-            crate::cluster::Cluster::start(c, metrics.clone(), shutdown.clone())
+            crate::cluster::Cluster::start(
+                c,
+                metrics.clone(),
+                gate.global().bans.clone(),
+                shutdown.clone(),
+            )
         });
-        let gate = Gatekeeper::new(&config);
         let in_progress =
             wsgate_admission::limits::InProgress::new(config.limits.max_handshakes_per_client);
         let external_tls = if config.routes.iter().any(|r| {
