@@ -238,6 +238,56 @@ def test_a_ban_on_one_node_refuses_the_address_on_every_node(wsgate, redis):
     assert run(late()).headers["wsgate-reason"] == "firewall.banned"
 
 
+KEY = "table-key-0123"  # printf %s KEY | sha256sum below
+IDENTITY_ROUTE = ROOM + """
+[route.auth]
+sources = ["bearer"]
+api_keys = [{ name = "ci", sha256 = "6a2ea6b7682939cdf265e33233e715552583f041a692825385c7906ef3faf5dd" }]
+"""
+
+
+def test_an_identitys_connections_are_counted_across_nodes_and_a_dead_nodes_leases_expire(wsgate, redis):
+    cluster = f'\n[cluster]\nredis = "{redis.url}"\nnode_id = "%s"\nlease_ttl = "1s"\n'
+    limits = "max_connections_per_identity = 1\n"
+    a = wsgate(config(routes=IDENTITY_ROUTE, limits=limits) + cluster % "a")
+    b = wsgate(config(routes=IDENTITY_ROUTE, limits=limits) + cluster % "b")
+    for n in (a, b):
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    async def admitted_within(n, seconds):
+        """Connects (retrying while refused for the identity) and returns the open connection."""
+        deadline = time.time() + seconds
+        while True:
+            try:
+                return await connect(n.url + "/ws/chat/r", additional_headers=auth)
+            except InvalidStatus as e:
+                assert e.response.headers["wsgate-reason"] == "limit.client_connections"
+                assert time.time() < deadline, "still refused"
+                await asyncio.sleep(0.1)
+
+    async def go():
+        held = await connect(a.url + "/ws/chat/r", additional_headers=auth)
+        with pytest.raises(InvalidStatus) as e:
+            await connect(b.url + "/ws/chat/r", additional_headers=auth)
+        assert e.value.response.status_code == 429
+        await held.close()
+        # The lease goes when the connection does.
+        return await admitted_within(b, 3)
+
+    on_b = run(go())
+    assert "across the cluster" in b.wait_log("across the cluster", timeout=5)
+    # Node b dies holding the identity's one place: it counts until its lease expires (1 s).
+    b.stop(signal.SIGKILL)
+
+    async def after():
+        ws = await admitted_within(a, 6)
+        await ws.close()
+
+    run(after())
+    del on_b
+
+
 def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
     cfg = tmp_path / "c.toml"
     cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "redis://:s3cret-pass@127.0.0.1:1/0"\nnode_id = "n1"\n')

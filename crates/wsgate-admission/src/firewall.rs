@@ -545,7 +545,10 @@ mod tests {
         b.ban_until(ip, t + Duration::from_secs(10));
         assert_eq!(b.check(ip, t).unwrap_err().reason, Reason::FirewallBanned);
         b.ban_until(ip, t + Duration::from_secs(5));
-        assert!(b.check(ip, t + Duration::from_secs(7)).is_err(), "the longer ban stays");
+        assert!(
+            b.check(ip, t + Duration::from_secs(7)).is_err(),
+            "the longer ban stays"
+        );
         assert!(b.check(ip, t + Duration::from_secs(11)).is_ok());
     }
 

@@ -51,12 +51,27 @@ pub trait Services: Sync {
         async { None }
     }
 
+    /// On a clustered node, takes one of the `max` connections an identity may hold across all
+    /// nodes: `Some` with a lease (dropping it gives the place back) or the refusal; `None` to
+    /// count on this node.
+    fn shared_identity(
+        &self,
+        _identity: &str,
+        _max: usize,
+    ) -> impl Future<Output = Option<Result<Lease, Refusal>>> + Send {
+        async { None }
+    }
+
     /// Runs a verification that is slow on purpose (password hashes) where it does not hold up
     /// other connections' handshakes. By default, right here.
     fn slow<T>(&self, verify: impl FnOnce() -> T) -> T {
         verify()
     }
 }
+
+/// A place held in a store outside this process (a cluster's identity lease); dropping it gives
+/// the place back.
+pub type Lease = Box<dyn std::any::Any + Send + Sync>;
 
 /// For routes without an external check: admission needs nothing from outside.
 #[derive(Debug, Clone, Copy, Default)]

@@ -78,8 +78,13 @@ impl Limits {
         self.admit_with(client, identity, now, true)
     }
 
+    /// The cap on open connections per identity, if any.
+    pub fn per_identity(&self) -> Option<usize> {
+        self.policy.per_identity
+    }
+
     /// [`Limits::admit`] with the rate counted elsewhere (a cluster's shared bucket) when
-    /// `count_rate` is false.
+    /// `count_rate` is false; `identity` is `None` when its connections are counted elsewhere too.
     pub fn admit_with(
         self: &Arc<Self>,
         client: IpAddr,

@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Publish(String, Bytes, u64),
     /// This node banned an address for a while: every node refuses it.
     Ban(std::net::IpAddr, Duration),
+    /// A connection holding an identity lease ended: the lease goes (key, lease id).
+    Release(String, String),
 }
 
 /// This node's link to the other nodes; cheap to clone.
@@ -47,7 +49,62 @@ pub struct Cluster {
     store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     /// `PREFIX:`, the start of every key.
     prefix: Arc<str>,
+    /// Identity leases this node holds (lease id → key), refreshed while their connections live.
+    leases: Leases,
+    /// How long a lease lives without a refresh: how long a dead node's connections still count.
+    lease_ttl: Duration,
 }
+
+/// The identity leases of this node's connections.
+type Leases = Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+/// One place among an identity's connections on all nodes; dropping it gives the place back.
+struct IdentityLease {
+    key: String,
+    id: String,
+    leases: Leases,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for IdentityLease {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.remove(&self.id);
+        }
+        let _ = self.tx.send(Command::Release(
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.id),
+        ));
+    }
+}
+
+/// Takes a lease on one of an identity's `max` places across the nodes, on Redis's clock:
+/// expired leases (of a node that died) are dropped first. {1, n} taken, {0, n} full.
+const LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) then
+  return {0, n}
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return {1, n + 1}
+";
+
+/// Moves this node's leases' expiry forward (those still present).
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl * 2)
+end
+return 0
+";
 
 /// How long a handshake waits for the shared store before counting on its own node.
 const STORE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -86,7 +143,10 @@ impl Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(config.node_id.as_str());
         let store = Arc::new(std::sync::Mutex::new(None));
+        let leases: Leases = Arc::default();
         let link = Link {
+            leases: leases.clone(),
+            lease_ttl: config.lease_ttl,
             bans,
             bans_channel: format!("{}:bans", config.prefix),
             ban_prefix: format!("{}:ban:", config.prefix),
@@ -104,6 +164,52 @@ impl Cluster {
             tx,
             store,
             prefix: Arc::from(format!("{}:", config.prefix)),
+            leases,
+            lease_ttl: config.lease_ttl,
+        }
+    }
+
+    /// Takes one of the `max` places `identity` may hold across all nodes; `None` when Redis is
+    /// not reachable (or slow), so the node counts on its own meanwhile.
+    pub async fn lease(
+        &self,
+        identity: &str,
+        max: usize,
+    ) -> Option<Result<wsgate_admission::Lease, wsgate_handshake::Refusal>> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut con = self.store.lock().ok()?.clone()?;
+        let key = format!("{}identity:{identity}", self.prefix);
+        let id = format!(
+            "{}-{}",
+            self.node_id,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let script = redis::Script::new(LEASE);
+        let mut invocation = script.key(&key);
+        invocation
+            .arg(max)
+            .arg(&id)
+            .arg(self.lease_ttl.as_millis() as u64);
+        let call = invocation.invoke_async::<(i64, i64)>(&mut con);
+        match tokio::time::timeout(STORE_TIMEOUT, call).await {
+            Ok(Ok((1, _))) => {
+                if let Ok(mut l) = self.leases.lock() {
+                    l.insert(id.clone(), key.clone());
+                }
+                Some(Ok(Box::new(IdentityLease {
+                    key,
+                    id,
+                    leases: self.leases.clone(),
+                    tx: self.tx.clone(),
+                })))
+            }
+            Ok(Ok((_, n))) => Some(Err(wsgate_handshake::Refusal::new(
+                wsgate_handshake::Reason::LimitClientConnections,
+                format!(
+                    "identity {identity:?} has {n} open connections across the cluster, the limit is {max}"
+                ),
+            ))),
+            _ => None,
         }
     }
 
@@ -284,6 +390,9 @@ impl Broker for Redis {
 
 /// The task that owns the connection to Redis.
 struct Link {
+    /// Identity leases held here, renewed every third of `lease_ttl`.
+    leases: Leases,
+    lease_ttl: Duration,
     /// This node's bans, which other nodes' bans join (when `[firewall.ban]` is configured).
     bans: Option<Arc<wsgate_admission::firewall::Bans>>,
     /// `PREFIX:bans`, where bans are announced.
@@ -382,7 +491,8 @@ impl Link {
                         Some(Command::Publish(_, _, n)) => {
                             self.metrics.cluster_dropped.inc_by(n);
                         }
-                        Some(Command::Ban(..)) => {}
+                        // A lease not renewed expires by itself.
+                        Some(Command::Ban(..)) | Some(Command::Release(..)) => {}
                     },
                 }
             }
@@ -417,9 +527,16 @@ impl Link {
         }
         let mut batch: Vec<(String, Bytes)> = Vec::new();
         let mut messages = 0;
+        let mut renew = tokio::time::interval((self.lease_ttl / 3).max(Duration::from_millis(100)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = crate::out::stopped(shutdown) => return Ended::Stop,
+                _ = renew.tick() => {
+                    if let Err(e) = self.renew_leases(broker).await {
+                        return Ended::Lost(e);
+                    }
+                }
                 c = rx.recv() => {
                     let Some(first) = c else {
                         return Ended::Stop;
@@ -449,6 +566,16 @@ impl Link {
                                     return Ended::Lost(e);
                                 }
                             }
+                            Command::Release(key, id) => {
+                                let r = redis::cmd("ZREM")
+                                    .arg(&key)
+                                    .arg(&id)
+                                    .query_async::<()>(&mut broker.publish)
+                                    .await;
+                                if let Err(e) = r {
+                                    return Ended::Lost(e.to_string());
+                                }
+                            }
                         }
                         if batch.len() < PIPELINE {
                             next = rx.try_recv().ok();
@@ -475,6 +602,30 @@ impl Link {
                 },
             }
         }
+    }
+
+    /// Moves the expiry of every lease this node holds forward, so only a dead node's expire.
+    async fn renew_leases(&self, broker: &mut Redis) -> Result<(), String> {
+        let held: Vec<(String, String)> = match self.leases.lock() {
+            Ok(l) => l
+                .iter()
+                .map(|(id, key)| (key.clone(), id.clone()))
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        for chunk in held.chunks(500) {
+            let script = redis::Script::new(RENEW);
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(self.lease_ttl.as_millis() as u64);
+            for (key, id) in chunk {
+                invocation.key(key).arg(id);
+            }
+            invocation
+                .invoke_async::<()>(&mut broker.publish)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Stores the ban with its expiry (for nodes that connect later) and announces it.
@@ -586,6 +737,8 @@ mod tests {
             tx,
             store: Arc::default(),
             prefix: Arc::from("t:"),
+            leases: Arc::default(),
+            lease_ttl: Duration::from_secs(15),
         };
         let e = c.envelope(b"\x81\x02hi", 1, 2);
         let a = open_envelope(&e).unwrap();

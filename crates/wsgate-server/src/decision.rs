@@ -163,6 +163,8 @@ pub struct Admit<'g> {
     pub identity: Option<Identity>,
     /// The client's and identity's connection counts, held while the connection lives.
     pub held: Held,
+    /// On a clustered node, the identity's place among all nodes' connections.
+    pub lease: Option<wsgate_admission::Lease>,
     /// The server-wide connection place, held while the connection lives.
     pub slot: Slot,
 }
@@ -281,9 +283,21 @@ impl Gatekeeper {
             },
             None => false,
         };
-        let held =
-            self.limits
-                .admit_with(client.ip, identity, Instant::now(), !counted_elsewhere)?;
+        // So are an identity's connections (leases that expire if a node dies).
+        let lease = match (self.limits.per_identity(), identity) {
+            (Some(max), Some(id)) => match services.shared_identity(id, max).await {
+                Some(Err(refusal)) => return Err(refusal),
+                Some(Ok(lease)) => Some(lease),
+                None => None,
+            },
+            _ => None,
+        };
+        let held = self.limits.admit_with(
+            client.ip,
+            identity.filter(|_| lease.is_none()),
+            Instant::now(),
+            !counted_elsewhere,
+        )?;
         // A credential carried as a subprotocol has been removed: only real subprotocols remain.
         let offered = admitted.subprotocols;
         let subprotocol = choose_subprotocol(m.route, &offered)?;
@@ -296,6 +310,7 @@ impl Gatekeeper {
             offered,
             identity: admitted.identity,
             held,
+            lease,
             slot,
         })
     }

@@ -90,9 +90,10 @@ pub(crate) async fn handle(
         offered,
         identity,
         held,
+        lease,
         slot,
     } = admit;
-    let places = Places::new(slot, held, shared.metrics.clone());
+    let places = Places::new(slot, held, lease, shared.metrics.clone());
 
     // A proxy route's upstream completes its handshake before the client gets its 101.
     let upstream = match (&route.kind, &route.upstream) {
@@ -226,6 +227,17 @@ impl wsgate_admission::Services for Outside<'_> {
         }
     }
 
+    async fn shared_identity(
+        &self,
+        identity: &str,
+        max: usize,
+    ) -> Option<Result<wsgate_admission::Lease, Refusal>> {
+        match &self.shared.cluster {
+            Some(c) => c.lease(identity, max).await,
+            None => None,
+        }
+    }
+
     fn slow<T>(&self, verify: impl FnOnce() -> T) -> T {
         // Password hashes are slow on purpose: verify them off the async workers' hot path.
         tokio::task::block_in_place(verify)
@@ -305,15 +317,22 @@ struct About {
 struct Places {
     _slot: Slot,
     _held: Held,
+    _lease: Option<wsgate_admission::Lease>,
     metrics: Arc<Metrics>,
 }
 
 impl Places {
-    fn new(slot: Slot, held: Held, metrics: Arc<Metrics>) -> Places {
+    fn new(
+        slot: Slot,
+        held: Held,
+        lease: Option<wsgate_admission::Lease>,
+        metrics: Arc<Metrics>,
+    ) -> Places {
         metrics.connections_open.inc();
         Places {
             _slot: slot,
             _held: held,
+            _lease: lease,
             metrics,
         }
     }

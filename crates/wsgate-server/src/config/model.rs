@@ -74,6 +74,8 @@ pub struct Cluster {
     pub node_id: String,
     /// Prefix of the Redis channels, so several deployments can share one Redis.
     pub prefix: String,
+    /// How long an identity's connection on a node that stopped renewing (it died) still counts.
+    pub lease_ttl: Duration,
 }
 
 impl Cluster {

@@ -52,6 +52,7 @@ pub(super) struct RawCluster {
     pub(super) redis: String,
     pub(super) node_id: Option<String>,
     pub(super) prefix: Option<String>,
+    pub(super) lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -469,9 +469,20 @@ fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
             format!("{prefix:?}: use 1 to 64 letters, digits, `-`, `_` or `.`"),
         ));
     }
+    let lease_ttl = match c.lease_ttl {
+        None => Duration::from_secs(15),
+        Some(s) => parse_duration(&s).map_err(|m| ("lease_ttl".to_owned(), m))?,
+    };
+    if lease_ttl < Duration::from_millis(300) {
+        return Err((
+            "lease_ttl".into(),
+            "must be at least 300ms: a node renews its leases every third of it".into(),
+        ));
+    }
     Ok(Cluster {
         redis: url.to_owned(),
         node_id,
         prefix,
+        lease_ttl,
     })
 }
