@@ -288,6 +288,28 @@ def test_an_identitys_connections_are_counted_across_nodes_and_a_dead_nodes_leas
     del on_b
 
 
+def test_a_node_told_to_refuse_without_redis_answers_503_until_redis_is_back(wsgate, redis):
+    n = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis.url}"\non_redis_down = "refuse"\n')
+    assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+
+    async def attempt():
+        try:
+            async with connect(n.url + "/ws/chat/r"):
+                return None
+        except InvalidStatus as e:
+            return e.response
+
+    assert run(attempt()) is None
+    redis.kill()
+    assert n.wait_metric("wsgate_cluster_up", 0, timeout=10)
+    r = run(attempt())
+    assert r.status_code == 503 and r.headers["wsgate-reason"] == "cluster.unavailable"
+    assert "Retry-After" in r.headers
+    redis.start()
+    assert n.wait_metric("wsgate_cluster_up", 1, timeout=15)
+    assert run(attempt()) is None
+
+
 def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
     cfg = tmp_path / "c.toml"
     cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "redis://:s3cret-pass@127.0.0.1:1/0"\nnode_id = "n1"\n')

@@ -39,6 +39,12 @@ pub trait Services: Sync {
         req: &Request<'_>,
     ) -> impl Future<Output = Result<auth::Identity, Refusal>> + Send;
 
+    /// Whether the store shared with other nodes can be used, when the node is configured to
+    /// refuse new handshakes without it (`cluster.unavailable`). By default, always.
+    fn shared_ready(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// On a clustered node, takes a handshake token from the bucket all nodes share: `Some` with
     /// the answer, or `None` (no cluster, or the shared store did not answer in time) to count
     /// on this node.

@@ -223,6 +223,13 @@ catalog! {
         operator: "Raise `limits.max_handshakes_per_client` if many legitimate clients share one address (a NAT, or a proxy not in `firewall.trusted_proxies`); a client that opens connections and sends slowly is holding them on purpose.",
         client: "Finish each handshake before opening the next connection, and open them one at a time with backoff.",
     },
+    /// A clustered node cannot reach Redis and is configured to refuse rather than count alone.
+    ClusterUnavailable => {
+        code: "cluster.unavailable", status: 503,
+        message: "The server cannot reach the store it shares with the other nodes, and refuses new connections until it can.",
+        operator: "Bring Redis (`cluster.redis`) back; the log says when the node lost and regained it. `cluster.on_redis_down = \"local\"` admits clients meanwhile with limits counted per node.",
+        client: "Reconnect after the delay in `Retry-After`; another node may answer.",
+    },
     /// The server is shutting down and accepts no new connections.
     ServerDraining => {
         code: "server.draining", status: 503,

@@ -53,6 +53,8 @@ pub struct Cluster {
     leases: Leases,
     /// How long a lease lives without a refresh: how long a dead node's connections still count.
     lease_ttl: Duration,
+    /// Whether new handshakes are refused while Redis is unreachable.
+    refuse_when_down: bool,
 }
 
 /// The identity leases of this node's connections.
@@ -166,7 +168,20 @@ impl Cluster {
             prefix: Arc::from(format!("{}:", config.prefix)),
             leases,
             lease_ttl: config.lease_ttl,
+            refuse_when_down: config.on_redis_down == crate::config::OnRedisDown::Refuse,
         }
+    }
+
+    /// `cluster.unavailable` while Redis is unreachable on a node configured to refuse then.
+    pub fn ready(&self) -> Result<(), wsgate_handshake::Refusal> {
+        let up = self.store.lock().map(|s| s.is_some()).unwrap_or(false);
+        if up || !self.refuse_when_down {
+            return Ok(());
+        }
+        Err(wsgate_handshake::Refusal::new(
+            wsgate_handshake::Reason::ClusterUnavailable,
+            "Redis is unreachable and cluster.on_redis_down = \"refuse\"",
+        ))
     }
 
     /// Takes one of the `max` places `identity` may hold across all nodes; `None` when Redis is
@@ -739,6 +754,7 @@ mod tests {
             prefix: Arc::from("t:"),
             leases: Arc::default(),
             lease_ttl: Duration::from_secs(15),
+            refuse_when_down: false,
         };
         let e = c.envelope(b"\x81\x02hi", 1, 2);
         let a = open_envelope(&e).unwrap();

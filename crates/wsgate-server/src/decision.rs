@@ -98,7 +98,11 @@ pub const STEPS: &[Step] = &[
     },
     Step {
         name: "limits",
-        reasons: &[Reason::LimitRate, Reason::LimitClientConnections],
+        reasons: &[
+            Reason::ClusterUnavailable,
+            Reason::LimitRate,
+            Reason::LimitClientConnections,
+        ],
     },
     Step {
         name: "subprotocol",
@@ -274,6 +278,8 @@ impl Gatekeeper {
         };
         let admitted = m.route.policy(req.listener).admit(&view, services).await?;
         let identity = admitted.identity.as_ref().map(|i| i.name.as_str());
+        // A clustered node may be told to refuse rather than count alone while its store is down.
+        services.shared_ready()?;
         // The rate is shared by the nodes of a cluster when they can reach their store.
         let counted_elsewhere = match self.limits.rate() {
             Some((rate, burst)) => match services.shared_rate(client.ip, rate, burst).await {

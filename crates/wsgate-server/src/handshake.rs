@@ -227,6 +227,13 @@ impl wsgate_admission::Services for Outside<'_> {
         }
     }
 
+    fn shared_ready(&self) -> Result<(), Refusal> {
+        match &self.shared.cluster {
+            Some(c) => c.ready(),
+            None => Ok(()),
+        }
+    }
+
     async fn shared_identity(
         &self,
         identity: &str,

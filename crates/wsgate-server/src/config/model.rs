@@ -76,6 +76,19 @@ pub struct Cluster {
     pub prefix: String,
     /// How long an identity's connection on a node that stopped renewing (it died) still counts.
     pub lease_ttl: Duration,
+    /// What new handshakes get while Redis is unreachable.
+    pub on_redis_down: OnRedisDown,
+}
+
+/// What a clustered node does with new handshakes while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisDown {
+    /// Admit them, with rates, bans and identity caps counted on this node alone (logged).
+    #[default]
+    Local,
+    /// Refuse them with 503 `cluster.unavailable` until Redis is back.
+    Refuse,
 }
 
 impl Cluster {

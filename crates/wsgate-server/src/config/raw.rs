@@ -1,7 +1,7 @@
 //! The configuration file as written: serde types that refuse unknown keys, so that a typo is an
 //! error naming its key path, never a setting silently ignored. Nothing here checks values.
 
-use super::model::{ClientAuth, Explain, LogFormat, RouteKind};
+use super::model::{ClientAuth, Explain, LogFormat, OnRedisDown, RouteKind};
 use super::ConfigError;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -53,6 +53,7 @@ pub(super) struct RawCluster {
     pub(super) node_id: Option<String>,
     pub(super) prefix: Option<String>,
     pub(super) lease_ttl: Option<String>,
+    pub(super) on_redis_down: Option<OnRedisDown>,
 }
 
 #[derive(Debug, Deserialize, Default)]

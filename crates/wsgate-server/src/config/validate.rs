@@ -484,5 +484,6 @@ fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
         node_id,
         prefix,
         lease_ttl,
+        on_redis_down: c.on_redis_down.unwrap_or_default(),
     })
 }
