@@ -28,17 +28,19 @@ def free_port():
 class Redis:
     """A throwaway redis-server on 127.0.0.1, without persistence."""
 
-    def __init__(self, tmp_path, port=None):
+    def __init__(self, tmp_path, port=None, password=None):
         self.exe = require_tool("redis-server", "Debian's redis-server runs the cluster tests")
         self.port = port or free_port()
         self.dir = tmp_path
+        self.password = password
         self.proc = None
         self.start()
 
     def start(self):
+        extra = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+             "--dir", str(self.dir), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -47,7 +49,8 @@ class Redis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    answer = s.recv(64)
+                    if answer.startswith(b"+PONG") or b"NOAUTH" in answer:
                         return
             except OSError:
                 time.sleep(0.05)
@@ -324,3 +327,25 @@ def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
     cfg.write_text(config(routes=ROOM) + '\n[cluster]\nredis = "http://127.0.0.1:6379"\n')
     out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "`cluster.redis`" in out.stderr and "redis://" in out.stderr
+
+
+def test_the_redis_password_comes_from_a_file_or_the_environment_and_is_never_shown(wsgate, tmp_path):
+    r = Redis(tmp_path, password="pa55-word")
+    try:
+        secret = tmp_path / "redis.pass"
+        secret.write_text("pa55-word\n")
+        n = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\npassword_file = "{secret}"\n')
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+        cfg = tmp_path / "wrong.toml"
+        cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\npassword_env = "WSGATE_TEST_REDIS_PASS"\n')
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "WSGATE_TEST_REDIS_PASS": "not-it"})
+        assert out.returncode == 0 and "WARNING cluster:" in out.stdout, out.stdout
+        assert "not-it" not in out.stdout + out.stderr
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30,
+                             env={k: v for k, v in os.environ.items() if k != "WSGATE_TEST_REDIS_PASS"})
+        assert "WSGATE_TEST_REDIS_PASS is not set" in out.stdout, out.stdout
+        assert "pa55-word" not in n.log()
+    finally:
+        r.kill()
+

@@ -153,7 +153,7 @@ impl Cluster {
             bans_channel: format!("{}:bans", config.prefix),
             ban_prefix: format!("{}:ban:", config.prefix),
             store: store.clone(),
-            url: config.redis.clone(),
+            config: config.clone(),
             shown: config.redacted_url(),
             prefix: format!("{}:room:", config.prefix),
             node_id: node_id.clone(),
@@ -289,7 +289,8 @@ impl Cluster {
 /// failed (unreachable, wrong password, …) without the password.
 pub fn probe(config: &crate::config::Cluster) -> Result<(), String> {
     let shown = config.redacted_url();
-    let client = redis::Client::open(config.redis.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+    let url = config.connect_url()?;
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"))?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(3))
         .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
@@ -416,7 +417,8 @@ struct Link {
     ban_prefix: String,
     /// Where the admission store's connection is offered to handshakes.
     store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
-    url: String,
+    /// The settings; the password (from its file or variable) is read at every connection.
+    config: crate::config::Cluster,
     /// The URL with its password hidden, for logs.
     shown: String,
     /// `PREFIX:room:`, the start of every channel name.
@@ -445,8 +447,14 @@ impl Link {
         let mut down_since: Option<std::time::Instant> = None;
         let mut first = true;
         loop {
+            let url = self.config.connect_url();
             let connected = tokio::select! {
-                r = Redis::connect(&self.url) => r,
+                r = async {
+                    match &url {
+                        Ok(u) => Redis::connect(u).await,
+                        Err(e) => Err(e.clone()),
+                    }
+                } => r,
                 _ = crate::out::stopped(&mut shutdown) => return,
             };
             let reason = match connected {

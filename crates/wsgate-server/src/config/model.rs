@@ -78,6 +78,52 @@ pub struct Cluster {
     pub lease_ttl: Duration,
     /// What new handshakes get while Redis is unreachable.
     pub on_redis_down: OnRedisDown,
+    /// Where the Redis password comes from, when it is not in the URL.
+    pub password: Option<PasswordSource>,
+}
+
+/// A secret kept out of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// Read from this file (trailing newline removed) at every connection, so it can rotate.
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+}
+
+impl Cluster {
+    /// The URL to connect with: the configured one, with the password from its source put in.
+    /// The error names the source, never the secret.
+    pub fn connect_url(&self) -> Result<String, String> {
+        let password = match &self.password {
+            None => return Ok(self.redis.clone()),
+            Some(PasswordSource::File(p)) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cluster.password_file {}: {e}", p.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            Some(PasswordSource::Env(v)) => std::env::var(v)
+                .map_err(|_| format!("cluster.password_env: the variable {v} is not set"))?,
+        };
+        let encoded: String = password
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        match self.redis.split_once("://") {
+            Some((scheme, rest)) => Ok(format!("{scheme}://:{encoded}@{rest}")),
+            None => Ok(self.redis.clone()),
+        }
+    }
+
+    /// The Redis URL with any password replaced by `***`, for banners, logs and `wsgate check`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis)
+    }
 }
 
 /// What a clustered node does with new handshakes while Redis is unreachable.
@@ -89,13 +135,6 @@ pub enum OnRedisDown {
     Local,
     /// Refuse them with 503 `cluster.unavailable` until Redis is back.
     Refuse,
-}
-
-impl Cluster {
-    /// The Redis URL with any password replaced by `***`, for banners, logs and `wsgate check`.
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.redis)
-    }
 }
 
 /// A URL with the password of its user-info (`scheme://user:password@host`) replaced by `***`.

@@ -54,6 +54,8 @@ pub(super) struct RawCluster {
     pub(super) prefix: Option<String>,
     pub(super) lease_ttl: Option<String>,
     pub(super) on_redis_down: Option<OnRedisDown>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

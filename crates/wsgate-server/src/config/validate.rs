@@ -362,7 +362,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
     }
     let cluster = match raw.cluster {
         None => None,
-        Some(c) => Some(cluster(c).map_err(|(k, m)| err(format!("cluster.{k}"), m))?),
+        Some(c) => Some(cluster(c, base).map_err(|(k, m)| err(format!("cluster.{k}"), m))?),
     };
     Ok(Checked {
         config: Config {
@@ -425,7 +425,7 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
 
 /// `[cluster]`: the Redis URL (checked, never echoed with its password), this node's name and
 /// the channel prefix.
-fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
+fn cluster(c: super::raw::RawCluster, base: &Path) -> Result<Cluster, (String, String)> {
     let url = c.redis.trim();
     let shown = super::model::redact_url(url);
     match url.split_once("://").map(|(s, _)| s) {
@@ -469,6 +469,27 @@ fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
             format!("{prefix:?}: use 1 to 64 letters, digits, `-`, `_` or `.`"),
         ));
     }
+    let in_url = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .is_some_and(|authority| authority.contains('@'));
+    let password = match (c.password_file, c.password_env) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err((
+                "password_file".into(),
+                "give the Redis password one way: password_file or password_env".into(),
+            ))
+        }
+        _ if in_url => {
+            return Err((
+                "redis".into(),
+                format!("{shown} carries a password, and password_file or password_env gives another: keep one"),
+            ))
+        }
+        (Some(f), None) => Some(PasswordSource::File(base.join(f))),
+        (None, Some(v)) => Some(PasswordSource::Env(v)),
+    };
     let lease_ttl = match c.lease_ttl {
         None => Duration::from_secs(15),
         Some(s) => parse_duration(&s).map_err(|m| ("lease_ttl".to_owned(), m))?,
@@ -485,5 +506,6 @@ fn cluster(c: super::raw::RawCluster) -> Result<Cluster, (String, String)> {
         prefix,
         lease_ttl,
         on_redis_down: c.on_redis_down.unwrap_or_default(),
+        password,
     })
 }
