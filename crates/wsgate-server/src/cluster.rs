@@ -351,7 +351,16 @@ struct Redis {
 }
 
 impl Redis {
+    /// Connects both connections, giving up after 5 s (a host that drops packets would otherwise
+    /// hold the attempt for the system's TCP timeout, minutes).
     async fn connect(url: &str) -> Result<Redis, String> {
+        match tokio::time::timeout(Duration::from_secs(5), Redis::connect_now(url)).await {
+            Ok(r) => r,
+            Err(_) => Err("no answer within 5 s".into()),
+        }
+    }
+
+    async fn connect_now(url: &str) -> Result<Redis, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let publish = client
             .get_multiplexed_async_connection()
