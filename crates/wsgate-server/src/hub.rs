@@ -174,21 +174,15 @@ pub struct Membership {
 /// What [`Membership::take`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Frames were added (possibly none, when all were the member's own and skipped) and more
-    /// are waiting: call again once these are written.
-    More {
+    /// Frames were added (possibly none, when all were the member's own and skipped).
+    Frames {
         /// Messages taken.
         messages: u64,
         /// Their payload bytes.
         bytes: u64,
-    },
-    /// Frames were added (possibly none) and the member is caught up: the waker is registered
-    /// and will be woken by the next publish.
-    CaughtUp {
-        /// Messages taken.
-        messages: u64,
-        /// Their payload bytes.
-        bytes: u64,
+        /// The member has everything: its waker is registered for the next publish. Otherwise
+        /// more are waiting: call again once these are written.
+        caught_up: bool,
     },
     /// The log dropped messages this member had not taken: close it with 1013.
     TooSlow,
@@ -430,7 +424,11 @@ impl Membership {
         };
         s.cursor = end;
         if end < head {
-            return Take::More { messages, bytes };
+            return Take::Frames {
+                messages,
+                bytes,
+                caught_up: false,
+            };
         }
         if cursor < head {
             *caught_up += 1;
@@ -443,11 +441,16 @@ impl Membership {
             // Everyone has everything: the log's buffers can go.
             log.trim();
         }
-        Take::CaughtUp { messages, bytes }
+        Take::Frames {
+            messages,
+            bytes,
+            caught_up: true,
+        }
     }
 
     /// Bytes of frames published in the room that this member has not taken yet.
-    pub fn lag_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn lag_bytes(&self) -> u64 {
         let log = self.room.lock();
         let cursor = log.slots.get(self.slot).map_or(log.base, |s| s.cursor);
         let from = match log.entries.get(cursor.saturating_sub(log.base) as usize) {
@@ -515,8 +518,10 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match m.take(w, &mut out, 64, own) {
-                Take::More { .. } => {}
-                Take::CaughtUp { .. } => return Ok(out),
+                Take::Frames {
+                    caught_up: false, ..
+                } => {}
+                Take::Frames { .. } => return Ok(out),
                 other => return Err(other),
             }
         }
@@ -610,7 +615,12 @@ mod tests {
         other.flush();
         let (_, w) = waker();
         let mut out = Vec::new();
-        let Take::CaughtUp { messages, bytes } = member.take(&w, &mut out, 64, true) else {
+        let Take::Frames {
+            messages,
+            bytes,
+            caught_up: true,
+        } = member.take(&w, &mut out, 64, true)
+        else {
             panic!("caught up in one take");
         };
         assert_eq!(

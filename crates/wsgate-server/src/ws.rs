@@ -612,15 +612,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                             "too slow: messages for this connection were dropped".into(),
                         ))
                     }
-                    Take::More { messages, bytes } => {
+                    Take::Frames {
+                        messages,
+                        bytes,
+                        caught_up,
+                    } => {
                         self.counts.messages_out += messages;
                         self.counts.bytes_out += bytes;
-                        false
-                    }
-                    Take::CaughtUp { messages, bytes } => {
-                        self.counts.messages_out += messages;
-                        self.counts.bytes_out += bytes;
-                        true
+                        caught_up
                     }
                 };
             if let Err(end) = self.write_shared(cx, frames) {
