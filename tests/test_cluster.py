@@ -4,6 +4,7 @@ once; Redis killed mid-stream leaves local delivery running and cross-node deliv
 Redis does; `wsgate check` shows the cluster without its password."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -157,6 +158,9 @@ def test_redis_outage_keeps_local_delivery_and_cross_node_delivery_comes_back(ws
     run(go(), timeout=60)
     log = a.wait_log("Redis reachable again", timeout=5)
     assert log.count("cluster: Redis unreachable") == 1, "the outage is logged once"
+    # Every log line names the node it came from.
+    lines = [l for l in log.splitlines() if l.strip()]
+    assert lines and all(l.startswith("[a] ") for l in lines), lines
     assert a.metric("wsgate_cluster_reconnects_total") >= 1
     assert a.metric("wsgate_cluster_dropped_total") >= 1
 
@@ -349,3 +353,13 @@ def test_the_redis_password_comes_from_a_file_or_the_environment_and_is_never_sh
     finally:
         r.kill()
 
+
+
+def test_every_json_log_line_names_the_node(wsgate):
+    # Redis unreachable (port 1): the outage warning is a log line like any other.
+    n = wsgate(config(routes=ROOM, logging='format = "json"\n')
+               + '\n[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode_id = "gw-7"\n')
+    n.wait_log("Redis unreachable", timeout=10)
+    n.stop()
+    lines = [json.loads(l) for l in n.log_path.read_text().splitlines() if l.strip()]
+    assert lines and all(l["node"] == "gw-7" for l in lines), lines

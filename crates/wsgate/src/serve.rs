@@ -184,8 +184,57 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let node = config.cluster.as_ref().map(|c| c.node_id.clone());
     match config.logging.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true);
+            let inner = tracing_subscriber::fmt::format().json().flatten_event(true);
+            builder.event_format(WithNode { node, inner }).init()
+        }
+        LogFormat::Text => {
+            let inner = tracing_subscriber::fmt::format().with_ansi(false);
+            builder
+                .with_ansi(false)
+                .event_format(WithNode { node, inner })
+                .init()
+        }
+    }
+}
+
+/// Puts a clustered node's id in every log line, so the lines of several nodes gathered in one
+/// place say where each came from: `"node":"gw-1"` first in JSON, `[gw-1]` first in text. Spans
+/// would not do: tasks spawned by the runtime do not inherit them.
+struct WithNode<F> {
+    node: Option<String>,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(node) = &self.node else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        // A node id is letters, digits, `-`, `_` and `.` (checked with the configuration), so it
+        // needs no escaping in either format.
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"node\":\"{node}\",{rest}"),
+            None => write!(writer, "[{node}] {line}"),
+        }
     }
 }
