@@ -29,18 +29,25 @@ def free_port():
 class Redis:
     """A throwaway redis-server on 127.0.0.1, without persistence."""
 
-    def __init__(self, tmp_path, port=None, password=None):
+    def __init__(self, tmp_path, port=None, password=None, tls=None):
         self.exe = require_tool("redis-server", "Debian's redis-server runs the cluster tests")
         self.port = port or free_port()
         self.dir = tmp_path
         self.password = password
+        # (cert, key, ca, auth_clients) to serve TLS only; the readiness probe then waits for the port.
+        self.tls = tls
         self.proc = None
         self.start()
 
     def start(self):
         extra = ["--requirepass", self.password] if self.password else []
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca, auth = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
+                     str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", auth]
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.exe, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -49,6 +56,8 @@ class Redis:
         while time.time() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.tls:
+                        return
                     s.sendall(b"PING\r\n")
                     answer = s.recv(64)
                     if answer.startswith(b"+PONG") or b"NOAUTH" in answer:
@@ -63,7 +72,7 @@ class Redis:
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture
@@ -363,3 +372,91 @@ def test_every_json_log_line_names_the_node(wsgate):
     n.stop()
     lines = [json.loads(l) for l in n.log_path.read_text().splitlines() if l.strip()]
     assert lines and all(l["node"] == "gw-7" for l in lines), lines
+
+
+def redis_pki(d):
+    """A CA, Redis's certificate for 127.0.0.1 and a client certificate, as PEM files in `d`."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(cn, issuer, sign_key, key, ca=False, san=None):
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(sign_key, hashes.SHA256())
+
+    def write(name, c, k):
+        (d / f"{name}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        (d / f"{name}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        return d / f"{name}.pem", d / f"{name}.key"
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Redis test CA")])
+    ca = cert("Redis test CA", ca_name, ca_key, ca_key, ca=True)
+    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    files = {"ca": write("ca", ca, ca_key)[0]}
+    files["server"] = write("server", cert("redis", ca_name, ca_key, server_key,
+                                           san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), server_key)
+    files["client"] = write("client", cert("gw", ca_name, ca_key, client_key), client_key)
+    return files
+
+
+def test_tls_to_redis_with_a_private_ca_and_a_client_certificate(wsgate, tmp_path):
+    pki = redis_pki(tmp_path)
+    (server_cert, server_key), ca = pki["server"], pki["ca"]
+    r = Redis(tmp_path, tls=(server_cert, server_key, ca, "yes"))
+    try:
+        client_cert, client_key = pki["client"]
+        tls = f'ca_file = "{ca}"\ncert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
+        a = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\nnode_id = "a"\n' + tls)
+        b = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\nnode_id = "b"\n' + tls)
+        for n in (a, b):
+            assert n.wait_metric("wsgate_cluster_up", 1, timeout=10), n.log()
+
+        async def across():
+            async with connect(b.url + "/ws/chat/tls") as member, connect(a.url + "/ws/chat/tls") as pub:
+                await asyncio.sleep(0.5)
+                await pub.send("over tls")
+                assert await asyncio.wait_for(member.recv(), 5) == "over tls"
+
+        run(across())
+
+        cfg = tmp_path / "c.toml"
+
+        def check(extra):
+            cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\n' + extra)
+            return subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+
+        out = check(tls)
+        assert out.returncode == 0 and "(Redis answered PING)" in out.stdout, out.stdout
+        assert f"ca_file={ca}" in out.stdout
+        # Redis's certificate is signed by a CA the system does not trust: said, not guessed.
+        out = check("")
+        assert out.returncode == 0 and "WARNING cluster:" in out.stdout, out.stdout
+        assert "set cluster.ca_file" in out.stdout, out.stdout
+        # Redis asks for a client certificate (tls-auth-clients yes) and gets none.
+        out = check(f'ca_file = "{ca}"\n')
+        assert out.returncode == 0 and "set cluster.cert_file and cluster.key_file" in out.stdout, out.stdout
+        # Mistakes in the file are errors that name the key.
+        out = check(f'ca_file = "{tmp_path / "missing.pem"}"\n')
+        assert out.returncode != 0 and "`cluster.ca_file`" in out.stderr and "missing.pem" in out.stderr, out.stderr
+        out = check(f'ca_file = "{client_key}"\n')
+        assert out.returncode != 0 and "no PEM certificate" in out.stderr, out.stderr
+        out = check(f'cert_file = "{client_cert}"\n')
+        assert out.returncode != 0 and "`cluster.key_file`" in out.stderr, out.stderr
+        cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "redis://127.0.0.1:1/0"\nca_file = "{ca}"\n')
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0 and "`cluster.ca_file`" in out.stderr and "rediss://" in out.stderr, out.stderr
+    finally:
+        r.kill()

@@ -289,15 +289,64 @@ impl Cluster {
 /// failed (unreachable, wrong password, …) without the password.
 pub fn probe(config: &crate::config::Cluster) -> Result<(), String> {
     let shown = config.redacted_url();
-    let url = config.connect_url()?;
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+    let client = client(config)?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(3))
-        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        .map_err(|e| explain(format!("cannot connect to {shown}: {e}")))?;
     redis::cmd("PING")
         .query::<String>(&mut con)
         .map(|_| ())
         .map_err(|e| format!("{shown} did not answer PING: {e}"))
+}
+
+/// A Redis client for the configured URL, with the password from its source and, for
+/// `rediss://`, the CA and client certificate read now (so renewed files are used at the next
+/// connection). Errors name the file or the source, never the secret.
+fn client(config: &crate::config::Cluster) -> Result<redis::Client, String> {
+    let shown = config.redacted_url();
+    let url = config.connect_url()?;
+    let tls = &config.tls;
+    if tls.ca_file.is_none() && tls.client.is_none() {
+        return redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"));
+    }
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cluster.{key} {}: {e}", p.display()))
+    };
+    let root_cert = match &tls.ca_file {
+        Some(p) => Some(read("ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("cert_file", cert)?,
+            client_key: read("key_file", key)?,
+        }),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| format!("{shown}: {e}"))
+}
+
+/// A connection error with the fix for the TLS failures whose words do not say it.
+fn explain(error: String) -> String {
+    let hint = if error.contains("UnknownIssuer") {
+        " (Redis's certificate is signed by a CA this machine does not trust: set cluster.ca_file to that CA's PEM file)"
+    } else if error.contains("CertificateRequired") {
+        " (Redis asks for a client certificate, tls-auth-clients yes: set cluster.cert_file and cluster.key_file)"
+    } else if error.contains("NotValidForName") {
+        " (Redis's certificate does not name the host in cluster.redis: connect by a name or IP address it lists)"
+    } else if error.contains("Expired") {
+        " (Redis's certificate has expired: renew it)"
+    } else {
+        ""
+    };
+    error + hint
 }
 
 /// A decoded message from another node.
@@ -353,15 +402,14 @@ struct Redis {
 impl Redis {
     /// Connects both connections, giving up after 5 s (a host that drops packets would otherwise
     /// hold the attempt for the system's TCP timeout, minutes).
-    async fn connect(url: &str) -> Result<Redis, String> {
-        match tokio::time::timeout(Duration::from_secs(5), Redis::connect_now(url)).await {
+    async fn connect(client: redis::Client) -> Result<Redis, String> {
+        match tokio::time::timeout(Duration::from_secs(5), Redis::connect_now(client)).await {
             Ok(r) => r,
             Err(_) => Err("no answer within 5 s".into()),
         }
     }
 
-    async fn connect_now(url: &str) -> Result<Redis, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    async fn connect_now(client: redis::Client) -> Result<Redis, String> {
         let publish = client
             .get_multiplexed_async_connection()
             .await
@@ -456,12 +504,12 @@ impl Link {
         let mut down_since: Option<std::time::Instant> = None;
         let mut first = true;
         loop {
-            let url = self.config.connect_url();
+            let client = client(&self.config);
             let connected = tokio::select! {
                 r = async {
-                    match &url {
-                        Ok(u) => Redis::connect(u).await,
-                        Err(e) => Err(e.clone()),
+                    match client {
+                        Ok(c) => Redis::connect(c).await.map_err(explain),
+                        Err(e) => Err(e),
                     }
                 } => r,
                 _ = crate::out::stopped(&mut shutdown) => return,

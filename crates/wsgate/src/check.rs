@@ -54,16 +54,23 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
     }
     if let Some(c) = &config.cluster {
         print!(
-            "cluster node_id={} redis={} prefix={}",
+            "cluster node_id={} redis={} prefix={} sharded={}",
             c.node_id,
             c.redacted_url(),
-            c.prefix
+            c.prefix,
+            c.sharded
         );
+        if let Some(ca) = &c.tls.ca_file {
+            print!(" ca_file={}", ca.display());
+        }
+        if let Some((cert, _)) = &c.tls.client {
+            print!(" cert_file={}", cert.display());
+        }
         // Not an error of the file: serve starts without Redis and connects when it can.
         match wsgate_server::cluster::probe(c) {
             Ok(()) => println!(" (Redis answered PING)"),
             Err(e) => println!(
-                "\nWARNING cluster: {e}; `serve` would run on its own until Redis answers. Check cluster.redis (host, port, password in redis://:PASSWORD@HOST) and that Redis runs"
+                "\nWARNING cluster: {e}; `serve` would run on its own until Redis answers. Check cluster.redis (host, port, password in redis://:PASSWORD@HOST), for rediss:// cluster.ca_file and cert_file/key_file, and that Redis runs"
             ),
         }
     }

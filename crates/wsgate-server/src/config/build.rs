@@ -79,7 +79,62 @@ pub(super) fn policies(
         }
     }
     config.dev_token = dev_token;
+    if let Some(c) = &config.cluster {
+        redis_tls_files(&c.tls, files).map_err(|(k, m)| err((format!("cluster.{k}"), m)))?;
+    }
     Ok(config)
+}
+
+/// The files for TLS to Redis, checked now so a wrong path stops `serve` and `check` with the
+/// key to fix, rather than becoming a Redis outage that never ends. (They are read again at every
+/// connection, so a renewed certificate is picked up.)
+fn redis_tls_files(
+    tls: &super::model::RedisTls,
+    files: &dyn Files,
+) -> Result<(), (String, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |key: &str, path: &Path| {
+        files.read(path).map_err(|e| {
+            (
+                key.to_owned(),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let certs = |key: &str, path: &Path| -> Result<(), (String, String)> {
+        let pem = read(key, path)?;
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .filter(|c| c.is_ok())
+            .count();
+        if n == 0 {
+            return Err((
+                key.to_owned(),
+                format!(
+                    "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(ca) = &tls.ca_file {
+        certs("ca_file", ca)?;
+    }
+    if let Some((cert, key)) = &tls.client {
+        certs("cert_file", cert)?;
+        let pem = read("key_file", key)?;
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+            (
+                "key_file".to_owned(),
+                format!(
+                    "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                    key.display()
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Builds the gates' settings from one policy table; errors carry a full key path under `at`.

@@ -80,6 +80,20 @@ pub struct Cluster {
     pub on_redis_down: OnRedisDown,
     /// Where the Redis password comes from, when it is not in the URL.
     pub password: Option<PasswordSource>,
+    /// Files for TLS to Redis (`rediss://`); the system's roots are trusted when no CA is given.
+    pub tls: RedisTls,
+    /// Redis 7 sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), which a Redis Cluster spreads over its
+    /// shards instead of sending every message to every shard.
+    pub sharded: bool,
+}
+
+/// Certificates for `rediss://`, read at every connection so they can be renewed in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM CA certificate(s) that signed Redis's certificate (a private CA); `None`: system roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for Redis's `tls-auth-clients yes` (its default).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// A secret kept out of the configuration file.

@@ -56,6 +56,10 @@ pub(super) struct RawCluster {
     pub(super) on_redis_down: Option<OnRedisDown>,
     pub(super) password_file: Option<PathBuf>,
     pub(super) password_env: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) sharded: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -428,21 +428,16 @@ fn global_firewall(f: &RawFirewall) -> Result<Firewall, (String, String)> {
 fn cluster(c: super::raw::RawCluster, base: &Path) -> Result<Cluster, (String, String)> {
     let url = c.redis.trim();
     let shown = super::model::redact_url(url);
-    match url.split_once("://").map(|(s, _)| s) {
-        Some("redis") => {}
-        Some("rediss") => {
-            return Err((
-                "redis".into(),
-                format!("{shown}: TLS to Redis (rediss://) is not supported yet; use redis:// on a private network or a local TLS tunnel"),
-            ))
-        }
+    let tls_url = match url.split_once("://").map(|(s, _)| s) {
+        Some("redis") => false,
+        Some("rediss") => true,
         _ => {
             return Err((
                 "redis".into(),
-                format!("{shown:?} is not a Redis URL; write redis://HOST:PORT/DB, e.g. \"redis://127.0.0.1:6379/0\" (a password goes in redis://:PASSWORD@HOST)"),
+                format!("{shown:?} is not a Redis URL; write redis://HOST:PORT/DB, e.g. \"redis://127.0.0.1:6379/0\", or rediss:// for TLS (a password goes in redis://:PASSWORD@HOST)"),
             ))
         }
-    }
+    };
     if let Err(e) = redis::Client::open(url) {
         return Err(("redis".into(), format!("{shown}: {e}")));
     }
@@ -500,7 +495,49 @@ fn cluster(c: super::raw::RawCluster, base: &Path) -> Result<Cluster, (String, S
             "must be at least 300ms: a node renews its leases every third of it".into(),
         ));
     }
+    for (key, given) in [
+        ("ca_file", c.ca_file.is_some()),
+        ("cert_file", c.cert_file.is_some()),
+        ("key_file", c.key_file.is_some()),
+    ] {
+        if given && !tls_url {
+            return Err((
+                key.into(),
+                format!(
+                    "is for TLS to Redis, and {shown} is plain: write rediss://… or remove {key}"
+                ),
+            ));
+        }
+    }
+    let client = match (c.cert_file, c.key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+        (Some(_), None) => {
+            return Err((
+                "key_file".into(),
+                "cert_file needs its private key: add key_file".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "cert_file".into(),
+                "key_file needs its certificate: add cert_file".into(),
+            ))
+        }
+    };
+    let tls = super::model::RedisTls {
+        ca_file: c.ca_file.map(|f| base.join(f)),
+        client,
+    };
+    if c.sharded == Some(true) {
+        return Err((
+            "sharded".into(),
+            "sharded pub/sub is not supported yet: remove sharded or set it to false".into(),
+        ));
+    }
     Ok(Cluster {
+        tls,
+        sharded: c.sharded.unwrap_or(false),
         redis: url.to_owned(),
         node_id,
         prefix,
