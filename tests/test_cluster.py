@@ -460,3 +460,139 @@ def test_tls_to_redis_with_a_private_ca_and_a_client_certificate(wsgate, tmp_pat
         assert out.returncode != 0 and "`cluster.ca_file`" in out.stderr and "rediss://" in out.stderr, out.stderr
     finally:
         r.kill()
+
+
+class RedisCluster:
+    """A throwaway Redis Cluster on 127.0.0.1: three redis-server primaries, the slots split by
+    `redis-cli --cluster create`."""
+
+    def __init__(self, tmp_path):
+        exe = require_tool("redis-server", "Debian's redis-server runs the cluster tests")
+        self.cli = require_tool("redis-cli", "Debian's redis-tools creates the Redis Cluster")
+        self.ports = [free_port() for _ in range(3)]
+        self.procs = []
+        for p in self.ports:
+            d = tmp_path / f"shard-{p}"
+            d.mkdir()
+            self.procs.append(subprocess.Popen(
+                [exe, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d),
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for p in self.ports:
+            self.wait(lambda: self.ask(p, "PING") == "PONG", "a shard did not start")
+        out = subprocess.run([self.cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                              "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for p in self.ports:
+            self.wait(lambda: "cluster_state:ok" in self.ask(p, "CLUSTER", "INFO"), "the cluster did not form")
+
+    def ask(self, port, *args):
+        out = subprocess.run([self.cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+    @staticmethod
+    def wait(ready, why):
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if ready():
+                    return
+            except (OSError, subprocess.SubprocessError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(why)
+
+    def url(self, i):
+        return f"redis://127.0.0.1:{self.ports[i]}/0"
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait(5)
+
+
+def test_sharded_pub_sub_on_a_redis_cluster_carries_rooms_limits_and_bans(wsgate, tmp_path):
+    rc = RedisCluster(tmp_path)
+    try:
+        ban = '\n[firewall.ban]\nafter = 3\nwindow = "1m"\nduration = "1m"\n'
+        limits = "handshake_rate = 0.05\nhandshake_burst = 40\n"
+
+        def start(name, seed):
+            n = wsgate(config(routes=ROOM, limits=limits) + ban
+                       + f'\n[cluster]\nredis = "{rc.url(seed)}"\nnode_id = "{name}"\nsharded = true\n')
+            assert n.wait_metric("wsgate_cluster_up", 1, timeout=15), n.log()
+            return n
+
+        a, b = start("a", 0), start("b", 1)
+        rooms = [f"room{i}" for i in range(8)]
+
+        async def across():
+            members = [await connect(b.url + f"/ws/chat/{r}") for r in rooms]
+            pubs = [await connect(a.url + f"/ws/chat/{r}") for r in rooms]
+            await asyncio.sleep(0.5)
+            for i in range(5):
+                for r, p in zip(rooms, pubs):
+                    await p.send(f"{r}-{i}")
+            for r, m in zip(rooms, members):
+                got = [await asyncio.wait_for(m.recv(), 5) for _ in range(5)]
+                assert got == [f"{r}-{i}" for i in range(5)], got
+            # Each room's channel lives on one shard (sharded pub/sub), and the rooms spread.
+            owners = {}
+            for p in rc.ports:
+                for ch in rc.ask(p, "PUBSUB", "SHARDCHANNELS").split():
+                    owners.setdefault(ch, []).append(p)
+            room_channels = {ch: ps for ch, ps in owners.items() if ":room:" in ch}
+            assert len(room_channels) == len(rooms), owners
+            assert all(len(ps) == 1 for ps in room_channels.values()), owners
+            assert len({ps[0] for ps in room_channels.values()}) > 1, owners
+            assert rc.ask(rc.ports[0], "PUBSUB", "CHANNELS") == "", "no classic (broadcast) channels"
+            for w in members + pubs:
+                await w.close()
+
+        run(across(), timeout=60)
+
+        async def refused_on(n, path):
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(n.url + path):
+                    pass
+            return e.value.response
+
+        async def banned():
+            for _ in range(3):
+                assert (await refused_on(a, "/nowhere")).status_code == 404
+            deadline = time.time() + 1.0
+            while True:
+                try:
+                    async with connect(b.url + "/ws/chat/r"):
+                        pass
+                except InvalidStatus as e:
+                    return e.response
+                assert time.time() < deadline, "node b did not refuse the banned address within 1 s"
+                await asyncio.sleep(0.05)
+
+        assert run(banned()).headers["wsgate-reason"] == "firewall.banned"
+        c = start("c", 2)
+        assert run(refused_on(c, "/ws/chat/r")).headers["wsgate-reason"] == "firewall.banned"
+        # The shared rate counted every handshake above on both nodes, in one bucket.
+        key = "wsgate:rate:127.0.0.1"
+        assert any(rc.ask(p, "-c", "HGET", key, "tokens") for p in rc.ports)
+        # wsgate check finds the cluster; without sharded it says how to fix the mistake.
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{rc.url(0)}"\nsharded = true\n')
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "sharded=true" in out.stdout and "(Redis answered PING)" in out.stdout, out.stdout
+        cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{rc.url(0)}"\n')
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert "set cluster.sharded = true" in out.stdout, out.stdout
+    finally:
+        rc.stop()
+
+
+def test_sharded_against_a_single_redis_says_it_needs_a_redis_cluster(wsgate, tmp_path, redis):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis.url}"\nsharded = true\n')
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "needs a Redis Cluster" in out.stdout, out.stdout
+    n = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis.url}"\nsharded = true\n')
+    assert "needs a Redis Cluster" in n.wait_log("needs a Redis Cluster", timeout=10)
+    assert n.metric("wsgate_cluster_up") == 0

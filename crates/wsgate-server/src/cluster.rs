@@ -46,7 +46,7 @@ pub struct Cluster {
     node_id: Arc<str>,
     tx: mpsc::UnboundedSender<Command>,
     /// A connection for shared admission state, present while Redis is reachable.
-    store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    store: Arc<std::sync::Mutex<Option<Store>>>,
     /// `PREFIX:`, the start of every key.
     prefix: Arc<str>,
     /// Identity leases this node holds (lease id → key), refreshed while their connections live.
@@ -96,16 +96,45 @@ redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return {1, n + 1}
 ";
 
-/// Moves this node's leases' expiry forward (those still present).
+/// Moves the expiry of this node's leases on one identity forward (those still present). One key
+/// a call: a Redis Cluster refuses a script whose keys live on different shards.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl * 2)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
 end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return 0
+";
+
+/// Records a ban in the one sorted set of bans (address → end, on Redis's clock), keeping the
+/// later end when the address is already banned; the set expires with its last ban.
+const BAN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ends = now + tonumber(ARGV[2])
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if not old or old < ends then
+  redis.call('ZADD', KEYS[1], ends, ARGV[1])
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) - now))
+return 0
+";
+
+/// The bans in force, as `ADDRESS MILLISECONDS_LEFT`.
+const BANS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #r, 2 do
+  out[#out + 1] = r[i] .. ' ' .. string.format('%d', tonumber(r[i + 1]) - now)
+end
+return out
 ";
 
 /// How long a handshake waits for the shared store before counting on its own node.
@@ -151,7 +180,7 @@ impl Cluster {
             lease_ttl: config.lease_ttl,
             bans,
             bans_channel: format!("{}:bans", config.prefix),
-            ban_prefix: format!("{}:ban:", config.prefix),
+            bans_key: format!("{}:bans", config.prefix),
             store: store.clone(),
             config: config.clone(),
             shown: config.redacted_url(),
@@ -286,28 +315,60 @@ impl Cluster {
 }
 
 /// Connects to the cluster's Redis and asks it to PING, for `wsgate check`: the error says what
-/// failed (unreachable, wrong password, …) without the password.
+/// failed (unreachable, wrong password, an untrusted certificate, …) without the password.
 pub fn probe(config: &crate::config::Cluster) -> Result<(), String> {
     let shown = config.redacted_url();
+    let ping = |r: redis::RedisResult<String>| {
+        r.map(|_| ())
+            .map_err(|e| explain(format!("{shown} did not answer PING: {e}")))
+    };
+    let timeout = Duration::from_secs(3);
+    if config.sharded {
+        // The seed first, so a single Redis is told apart from a cluster that does not answer.
+        let mut seed = client(config)?
+            .get_connection_with_timeout(timeout)
+            .map_err(|e| explain(format!("cannot connect to {shown}: {e}")))?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query::<String>(&mut seed)
+            .map_err(|e| explain(format!("{shown}: {e}")))?;
+        let client = cluster_client(config, None)?;
+        let mut con = client.get_connection().map_err(|e| {
+            explain(format!(
+                "cannot connect to the Redis Cluster at {shown}: {e}"
+            ))
+        })?;
+        return ping(redis::cmd("PING").query(&mut con));
+    }
     let client = client(config)?;
     let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(3))
+        .get_connection_with_timeout(timeout)
         .map_err(|e| explain(format!("cannot connect to {shown}: {e}")))?;
-    redis::cmd("PING")
-        .query::<String>(&mut con)
-        .map(|_| ())
-        .map_err(|e| format!("{shown} did not answer PING: {e}"))
+    ping(redis::cmd("PING").query(&mut con))?;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query(&mut con)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    not_a_cluster(&info).map_err(|e| format!("{shown}: {e}"))
 }
 
-/// A Redis client for the configured URL, with the password from its source and, for
-/// `rediss://`, the CA and client certificate read now (so renewed files are used at the next
-/// connection). Errors name the file or the source, never the secret.
-fn client(config: &crate::config::Cluster) -> Result<redis::Client, String> {
-    let shown = config.redacted_url();
-    let url = config.connect_url()?;
+/// A single Redis's `INFO cluster`: an error when it is in fact a Redis Cluster node, where the
+/// keys of limits, bans and leases would be refused with MOVED on other shards.
+fn not_a_cluster(info: &str) -> Result<(), String> {
+    if info.contains("cluster_enabled:1") {
+        return Err(explain(
+            "this Redis is a Redis Cluster node (MOVED for keys of other shards)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// For `rediss://`: the CA and client certificate, read now (so renewed files are used at the
+/// next connection); `None` when neither is configured. Errors name the file.
+fn certificates(config: &crate::config::Cluster) -> Result<Option<redis::TlsCertificates>, String> {
     let tls = &config.tls;
     if tls.ca_file.is_none() && tls.client.is_none() {
-        return redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"));
+        return Ok(None);
     }
     let read = |key: &str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| format!("cluster.{key} {}: {e}", p.display()))
@@ -323,17 +384,46 @@ fn client(config: &crate::config::Cluster) -> Result<redis::Client, String> {
         }),
         None => None,
     };
-    redis::Client::build_with_tls(
-        url.as_str(),
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// A client of one Redis for the configured URL, with the password from its source and the TLS
+/// files. Errors name the file or the source, never the secret.
+fn client(config: &crate::config::Cluster) -> Result<redis::Client, String> {
+    let shown = config.redacted_url();
+    let url = config.connect_url()?;
+    match certificates(config)? {
+        None => redis::Client::open(url.as_str()),
+        Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+    }
     .map_err(|e| format!("{shown}: {e}"))
 }
 
-/// A connection error with the fix for the TLS failures whose words do not say it.
+/// A client of a Redis Cluster, the URL's node being where it learns the others; RESP3, so
+/// sharded subscriptions arrive as pushes on `pushes`.
+fn cluster_client(
+    config: &crate::config::Cluster,
+    pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+) -> Result<redis::cluster::ClusterClient, String> {
+    let shown = config.redacted_url();
+    let url = config.connect_url()?;
+    let mut b = redis::cluster::ClusterClientBuilder::new([url.as_str()])
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(Duration::from_secs(3))
+        .retries(2);
+    if let Some(certs) = certificates(config)? {
+        b = b.certs(certs);
+    }
+    if let Some(tx) = pushes {
+        b = b.push_sender(tx);
+    }
+    b.build().map_err(|e| format!("{shown}: {e}"))
+}
+
+/// A connection error with the fix for the failures whose words do not say it.
 fn explain(error: String) -> String {
     let hint = if error.contains("UnknownIssuer") {
         " (Redis's certificate is signed by a CA this machine does not trust: set cluster.ca_file to that CA's PEM file)"
@@ -343,6 +433,10 @@ fn explain(error: String) -> String {
         " (Redis's certificate does not name the host in cluster.redis: connect by a name or IP address it lists)"
     } else if error.contains("Expired") {
         " (Redis's certificate has expired: renew it)"
+    } else if error.contains("cluster support disabled") {
+        " (cluster.sharded = true needs a Redis Cluster, cluster-enabled yes; for a single Redis remove sharded)"
+    } else if error.contains("MOVED") || error.contains("CLUSTERDOWN") {
+        " (this Redis is part of a Redis Cluster: set cluster.sharded = true)"
     } else {
         ""
     };
@@ -382,7 +476,7 @@ fn open_envelope(payload: &[u8]) -> Option<Arrival> {
 
 /// A message broker that carries rooms between nodes.
 trait Broker {
-    /// Publishes messages to a channel, in order.
+    /// Publishes messages to their channels, each channel's in order.
     async fn publish(&mut self, batch: &[(String, Bytes)]) -> Result<(), String>;
     /// Starts receiving a channel.
     async fn subscribe(&mut self, channel: &str) -> Result<(), String>;
@@ -392,72 +486,232 @@ trait Broker {
     async fn next(&mut self) -> Option<(String, Vec<u8>)>;
 }
 
-/// Redis: one connection for publishing, one for the subscriptions.
+/// The connection for commands (limits, bans, leases, publishing): to one Redis, or to a Redis
+/// Cluster, which sends each key's command to the shard that holds it.
+#[derive(Clone)]
+pub(crate) enum Store {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Store {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Store::Single(c) => c.req_packed_command(cmd),
+            Store::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Store::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Store::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Store::Single(c) => c.get_db(),
+            Store::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What arrives on the subscriptions.
+enum Subscriptions {
+    /// One Redis: a connection of its own in subscriber mode (`SUBSCRIBE`/`PUBLISH`).
+    Single {
+        sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    /// A Redis Cluster: sharded channels (`SSUBSCRIBE`/`SPUBLISH`), each on its shard's
+    /// connection; messages come as RESP3 pushes.
+    Sharded(mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
+/// Redis: a connection for commands and the subscriptions.
 struct Redis {
-    publish: redis::aio::MultiplexedConnection,
-    sink: redis::aio::PubSubSink,
-    stream: redis::aio::PubSubStream,
+    store: Store,
+    subscriptions: Subscriptions,
 }
 
 impl Redis {
-    /// Connects both connections, giving up after 5 s (a host that drops packets would otherwise
-    /// hold the attempt for the system's TCP timeout, minutes).
-    async fn connect(client: redis::Client) -> Result<Redis, String> {
-        match tokio::time::timeout(Duration::from_secs(5), Redis::connect_now(client)).await {
-            Ok(r) => r,
+    /// Connects, giving up after 5 s (a host that drops packets would otherwise hold the attempt
+    /// for the system's TCP timeout, minutes).
+    async fn connect(config: &crate::config::Cluster) -> Result<Redis, String> {
+        let attempt = async {
+            if config.sharded {
+                Redis::connect_cluster(config).await
+            } else {
+                Redis::connect_single(config).await
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(r) => r.map_err(explain),
             Err(_) => Err("no answer within 5 s".into()),
         }
     }
 
-    async fn connect_now(client: redis::Client) -> Result<Redis, String> {
-        let publish = client
+    async fn connect_single(config: &crate::config::Cluster) -> Result<Redis, String> {
+        let client = client(config)?;
+        let mut store = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| e.to_string())?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut store)
+            .await
+            .map_err(|e| e.to_string())?;
+        not_a_cluster(&info)?;
         let (sink, stream) = client
             .get_async_pubsub()
             .await
             .map_err(|e| e.to_string())?
             .split();
         Ok(Redis {
-            publish,
-            sink,
-            stream,
+            store: Store::Single(store),
+            subscriptions: Subscriptions::Single { sink, stream },
         })
+    }
+
+    async fn connect_cluster(config: &crate::config::Cluster) -> Result<Redis, String> {
+        // The seed first, so a single Redis is told apart from a cluster that does not answer.
+        let mut seed = client(config)?
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(&mut seed)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = cluster_client(config, Some(tx))?;
+        let store = client
+            .get_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Redis {
+            store: Store::Cluster(store),
+            subscriptions: Subscriptions::Sharded(rx),
+        })
+    }
+
+    /// Publishes one message outside the room traffic (a ban's announcement).
+    async fn publish_one(&mut self, channel: &str, payload: &[u8]) -> Result<(), String> {
+        let verb = match self.subscriptions {
+            Subscriptions::Single { .. } => "PUBLISH",
+            Subscriptions::Sharded(_) => "SPUBLISH",
+        };
+        redis::cmd(verb)
+            .arg(channel)
+            .arg(payload)
+            .query_async::<()>(&mut self.store)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Broker for Redis {
     async fn publish(&mut self, batch: &[(String, Bytes)]) -> Result<(), String> {
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        match (&mut self.store, &self.subscriptions) {
+            (Store::Single(con), _) => {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in batch {
+                    pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+                }
+                pipe.query_async::<()>(con).await.map_err(|e| e.to_string())
+            }
+            (Store::Cluster(con), _) => {
+                // A pipeline must stay on one shard: one per channel (in order), all at once.
+                let mut by_channel: Vec<(&str, redis::Pipeline)> = Vec::new();
+                for (channel, payload) in batch {
+                    let at = match by_channel.iter().position(|(c, _)| *c == channel.as_str()) {
+                        Some(i) => i,
+                        None => {
+                            by_channel.push((channel, redis::pipe()));
+                            by_channel.len() - 1
+                        }
+                    };
+                    by_channel[at]
+                        .1
+                        .cmd("SPUBLISH")
+                        .arg(channel)
+                        .arg(&payload[..])
+                        .ignore();
+                }
+                let sends = by_channel.iter().map(|(_, pipe)| {
+                    let mut con = con.clone();
+                    async move { pipe.query_async::<()>(&mut con).await }
+                });
+                futures_util::future::try_join_all(sends)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         }
-        pipe.query_async::<()>(&mut self.publish)
-            .await
-            .map_err(|e| e.to_string())
     }
 
     async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
-        self.sink
-            .subscribe(channel)
-            .await
-            .map_err(|e| e.to_string())
+        match (&mut self.subscriptions, &mut self.store) {
+            (Subscriptions::Single { sink, .. }, _) => sink.subscribe(channel).await,
+            (Subscriptions::Sharded(_), Store::Cluster(con)) => con.ssubscribe(channel).await,
+            (Subscriptions::Sharded(_), Store::Single(_)) => return Err("not a cluster".into()),
+        }
+        .map_err(|e| e.to_string())
     }
 
     async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
-        self.sink
-            .unsubscribe(channel)
-            .await
-            .map_err(|e| e.to_string())
+        match (&mut self.subscriptions, &mut self.store) {
+            (Subscriptions::Single { sink, .. }, _) => sink.unsubscribe(channel).await,
+            (Subscriptions::Sharded(_), Store::Cluster(con)) => con.sunsubscribe(channel).await,
+            (Subscriptions::Sharded(_), Store::Single(_)) => return Err("not a cluster".into()),
+        }
+        .map_err(|e| e.to_string())
     }
 
     async fn next(&mut self) -> Option<(String, Vec<u8>)> {
-        let m = self.stream.next().await?;
-        Some((
-            m.get_channel_name().to_owned(),
-            m.get_payload_bytes().to_vec(),
-        ))
+        match &mut self.subscriptions {
+            Subscriptions::Single { stream, .. } => {
+                let m = stream.next().await?;
+                Some((
+                    m.get_channel_name().to_owned(),
+                    m.get_payload_bytes().to_vec(),
+                ))
+            }
+            Subscriptions::Sharded(rx) => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    // A shard's connection dropped: start again (the outage is logged and
+                    // every room subscribed again), rather than guess what was missed.
+                    redis::PushKind::Disconnection => return None,
+                    redis::PushKind::SMessage => {
+                        let mut data = push.data.into_iter();
+                        let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                            continue;
+                        };
+                        let (Ok(channel), Ok(payload)) = (
+                            redis::from_redis_value::<String>(channel),
+                            redis::from_redis_value::<Vec<u8>>(payload),
+                        ) else {
+                            continue;
+                        };
+                        return Some((channel, payload));
+                    }
+                    // Confirmations of (un)subscribing.
+                    _ => continue,
+                }
+            },
+        }
     }
 }
 
@@ -470,10 +724,11 @@ struct Link {
     bans: Option<Arc<wsgate_admission::firewall::Bans>>,
     /// `PREFIX:bans`, where bans are announced.
     bans_channel: String,
-    /// `PREFIX:ban:`, the keys of the bans in force (with their expiry), for nodes that start later.
-    ban_prefix: String,
+    /// `PREFIX:bans`, the sorted set of the bans in force (address → end), for nodes that start
+    /// later. (The channel of the same name is another namespace.)
+    bans_key: String,
     /// Where the admission store's connection is offered to handshakes.
-    store: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    store: Arc<std::sync::Mutex<Option<Store>>>,
     /// The settings; the password (from its file or variable) is read at every connection.
     config: crate::config::Cluster,
     /// The URL with its password hidden, for logs.
@@ -504,20 +759,14 @@ impl Link {
         let mut down_since: Option<std::time::Instant> = None;
         let mut first = true;
         loop {
-            let client = client(&self.config);
             let connected = tokio::select! {
-                r = async {
-                    match client {
-                        Ok(c) => Redis::connect(c).await.map_err(explain),
-                        Err(e) => Err(e),
-                    }
-                } => r,
+                r = Redis::connect(&self.config) => r,
                 _ = crate::out::stopped(&mut shutdown) => return,
             };
             let reason = match connected {
                 Ok(mut redis) => {
                     if let Ok(mut s) = self.store.lock() {
-                        *s = Some(redis.publish.clone());
+                        *s = Some(redis.store.clone());
                     }
                     self.metrics.cluster_up.set(1);
                     match down_since.take() {
@@ -650,7 +899,7 @@ impl Link {
                                 let r = redis::cmd("ZREM")
                                     .arg(&key)
                                     .arg(&id)
-                                    .query_async::<()>(&mut broker.publish)
+                                    .query_async::<()>(&mut broker.store)
                                     .await;
                                 if let Err(e) = r {
                                     return Ended::Lost(e.to_string());
@@ -684,31 +933,39 @@ impl Link {
         }
     }
 
-    /// Moves the expiry of every lease this node holds forward, so only a dead node's expire.
+    /// Moves the expiry of every lease this node holds forward, so only a dead node's expire:
+    /// one call per identity, many at once over the multiplexed connection.
     async fn renew_leases(&self, broker: &mut Redis) -> Result<(), String> {
-        let held: Vec<(String, String)> = match self.leases.lock() {
-            Ok(l) => l
-                .iter()
-                .map(|(id, key)| (key.clone(), id.clone()))
-                .collect(),
-            Err(_) => return Ok(()),
-        };
-        for chunk in held.chunks(500) {
-            let script = redis::Script::new(RENEW);
-            let mut invocation = script.prepare_invoke();
-            invocation.arg(self.lease_ttl.as_millis() as u64);
-            for (key, id) in chunk {
-                invocation.key(key).arg(id);
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+        match self.leases.lock() {
+            Ok(l) => {
+                for (id, key) in l.iter() {
+                    by_key.entry(key.clone()).or_default().push(id.clone());
+                }
             }
-            invocation
-                .invoke_async::<()>(&mut broker.publish)
+            Err(_) => return Ok(()),
+        }
+        let ttl = self.lease_ttl.as_millis() as u64;
+        let script = redis::Script::new(RENEW);
+        let calls: Vec<_> = by_key.iter().collect();
+        for chunk in calls.chunks(256) {
+            let sends = chunk.iter().map(|(key, ids)| {
+                let mut con = broker.store.clone();
+                let mut invocation = script.key(key.as_str());
+                invocation.arg(ttl);
+                for id in ids.iter() {
+                    invocation.arg(id.as_str());
+                }
+                async move { invocation.invoke_async::<()>(&mut con).await }
+            });
+            futures_util::future::try_join_all(sends)
                 .await
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
-    /// Stores the ban with its expiry (for nodes that connect later) and announces it.
+    /// Stores the ban with its end (for nodes that connect later) and announces it.
     async fn announce_ban(
         &self,
         broker: &mut Redis,
@@ -716,51 +973,30 @@ impl Link {
         d: Duration,
     ) -> Result<(), String> {
         let ms = d.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(format!("{}{ip}", self.ban_prefix))
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .ignore();
-        pipe.cmd("PUBLISH")
-            .arg(&self.bans_channel)
-            .arg(format!("{ip} {ms}"))
-            .ignore();
-        pipe.query_async::<()>(&mut broker.publish)
+        let script = redis::Script::new(BAN);
+        let mut invocation = script.key(&self.bans_key);
+        invocation.arg(ip.to_string()).arg(ms);
+        invocation
+            .invoke_async::<()>(&mut broker.store)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        broker
+            .publish_one(&self.bans_channel, format!("{ip} {ms}").as_bytes())
+            .await
     }
 
     /// The bans in force, read when (re)connecting: a node that starts, or comes back, after a
     /// ban still refuses the address.
     async fn load_bans(&self, broker: &mut Redis) -> Result<(), String> {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.ban_prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut broker.publish)
-                .await
-                .map_err(|e| e.to_string())?;
-            for key in keys {
-                let ttl: i64 = redis::cmd("PTTL")
-                    .arg(&key)
-                    .query_async(&mut broker.publish)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(ip) = key.strip_prefix(&self.ban_prefix) {
-                    self.banned(&format!("{ip} {ttl}"));
-                }
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+        let bans: Vec<String> = redis::Script::new(BANS)
+            .key(&self.bans_key)
+            .invoke_async(&mut broker.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        for b in bans {
+            self.banned(&b);
         }
+        Ok(())
     }
 
     /// A ban announced by a node (`IP MILLISECONDS`): refused here too until it ends.

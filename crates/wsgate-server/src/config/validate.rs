@@ -529,12 +529,6 @@ fn cluster(c: super::raw::RawCluster, base: &Path) -> Result<Cluster, (String, S
         ca_file: c.ca_file.map(|f| base.join(f)),
         client,
     };
-    if c.sharded == Some(true) {
-        return Err((
-            "sharded".into(),
-            "sharded pub/sub is not supported yet: remove sharded or set it to false".into(),
-        ));
-    }
     Ok(Cluster {
         tls,
         sharded: c.sharded.unwrap_or(false),
