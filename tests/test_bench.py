@@ -14,6 +14,7 @@ def test_benchmark_smoke_run(tmp_path):
     require_tool(BENCH, "build it with `cargo build -p wsgate-bench`")
     # Bun (uWebSockets inside) is the pub/sub and echo baseline; `npm ci` in tests/node installs it.
     require_tool(os.path.join(NODE_MODULES, "@oven/bun-linux-x64", "bin", "bun"), "npm ci in tests/node (Bun)")
+    require_tool("redis-server", "Debian's redis-server, for the cross-node fan-out")
     wsgate = os.environ.get("WSGATE_BIN", str(ROOT / "target" / "debug" / "wsgate"))
     out = subprocess.run([BENCH, "run", "--smoke", "--wsgate", wsgate, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "WSGATE_NODE_MODULES": NODE_MODULES})
@@ -30,6 +31,10 @@ def test_benchmark_smoke_run(tmp_path):
     assert {r["server"] for r in doc["fanout"]} == {"wsgate", "bun"}
     assert all(r["deliveries_per_sec"] > 0 and r["server_cpu_us_per_delivery"] > 0 for r in doc["fanout"])
     assert {r["case"] for r in doc["fanout"]} == {"1 room × 5, 20 B", "4 rooms × 3, 2 publishers, 20 B"}
+    assert {(r["case"], r["setup"]) for r in doc["cluster"]} == {
+        (c, s) for c in ("1 room × 6, 20 B", "4 rooms × 4, 20 B") for s in ("one node", "two nodes + Redis")}
+    assert all(r["deliveries_per_sec"] > 0 and r["server_cpu_us_per_delivery"] > 0 for r in doc["cluster"])
+    assert all(r["p50_us_node_b"] > 0 for r in doc["cluster"] if r["setup"] != "one node")
     assert {r["server"] for r in doc["idle"]} == servers | {"wsgate (room members)"}
     assert {r["proxy"] for r in doc["proxy"]} == {"wsgate", "nginx"}
     assert all(r["msgs_per_sec"] > 0 for r in doc["proxy"])
@@ -38,6 +43,7 @@ def test_benchmark_smoke_run(tmp_path):
     assert doc["callgrind"]["fanout"]["instructions_per_delivery"] > 0
     md = (tmp_path / "results.md").read_text()
     assert "### Ratios (same run)" in md and "### Fan-out ratios (same run)" in md
+    assert "### Fan-out across nodes, ratios (same run)" in md
 
 
 def test_soak_smoke_run(tmp_path):

@@ -63,6 +63,8 @@ pub struct FanoutResult {
     pub p99_us: u64,
     /// The worst delivery.
     pub max_us: u64,
+    /// The p50 of the members on each address given to [`open_on`], in that order.
+    pub p50_us_by_node: Vec<u64>,
     /// Seconds measured (publishing, then waiting for what was in flight).
     pub seconds: f64,
 }
@@ -84,7 +86,8 @@ pub struct Fanout {
     plan: FanoutPlan,
     size: usize,
     windows: Arc<Vec<Window>>,
-    hist: Arc<Mutex<Histogram<u64>>>,
+    /// Latencies of the members on each member address.
+    hists: Vec<Arc<Mutex<Histogram<u64>>>>,
     origin: Instant,
     subscribers: Vec<tokio::task::JoinHandle<()>>,
     rooms_of: Vec<Vec<TcpStream>>,
@@ -95,6 +98,17 @@ pub struct Fanout {
 /// itself. Nothing is published yet, so set-up is not measured.
 pub async fn open(
     addr: SocketAddr,
+    path_prefix: &str,
+    plan: FanoutPlan,
+) -> std::io::Result<Fanout> {
+    open_on(addr, &[addr], path_prefix, plan).await
+}
+
+/// [`open`] with the publishers on `publish` and each room's members dealt out over `members`
+/// in turn (the nodes of a cluster), each address's latencies kept apart.
+pub async fn open_on(
+    publish: SocketAddr,
+    members: &[SocketAddr],
     path_prefix: &str,
     plan: FanoutPlan,
 ) -> std::io::Result<Fanout> {
@@ -111,10 +125,13 @@ pub async fn open(
             })
             .collect(),
     );
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-    ));
+    let mut hists = Vec::with_capacity(members.len());
+    for _ in members {
+        hists.push(Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        )));
+    }
     let origin = Instant::now();
     let mut subscribers = Vec::with_capacity(plan.rooms * plan.members);
     for room in 0..plan.rooms {
@@ -122,25 +139,29 @@ pub async fn open(
             // Spread over source addresses: one address has ~28,000 ports to one destination.
             let i = room * plan.members + m;
             let source = IpAddr::from([127, 0, (2 + i / 200 % 50) as u8, (2 + i % 200) as u8]);
+            let node = m % members.len().max(1);
+            let Some(&addr) = members.get(node) else {
+                return Err(std::io::Error::other("no member address"));
+            };
             let stream = connect(addr, &format!("{path_prefix}{room}"), &[], Some(source)).await?;
             subscribers.push(tokio::spawn(subscribe(
                 stream,
                 windows.clone(),
-                hist.clone(),
+                hists[node].clone(),
                 origin,
             )));
         }
     }
     let mut rooms_of: Vec<Vec<TcpStream>> = (0..publishers).map(|_| Vec::new()).collect();
     for room in 0..plan.rooms {
-        let stream = connect(addr, &format!("{path_prefix}{room}"), &[], None).await?;
+        let stream = connect(publish, &format!("{path_prefix}{room}"), &[], None).await?;
         rooms_of[room % publishers].push(stream);
     }
     Ok(Fanout {
         plan,
         size,
         windows,
-        hist,
+        hists,
         origin,
         subscribers,
         rooms_of,
@@ -155,7 +176,7 @@ impl Fanout {
             plan,
             size,
             windows,
-            hist,
+            hists,
             origin,
             subscribers,
             rooms_of,
@@ -203,8 +224,17 @@ impl Fanout {
             .map(|w| w.completed.load(Ordering::Relaxed))
             .sum();
         let deliveries = messages * plan.members as u64;
-        let h = hist.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p50_us_by_node = Vec::with_capacity(hists.len());
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for node in &hists {
+            let node = node.lock().unwrap_or_else(|p| p.into_inner());
+            p50_us_by_node.push(node.value_at_quantile(0.5));
+            h.add(&*node)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         Ok(FanoutResult {
+            p50_us_by_node,
             messages,
             deliveries,
             deliveries_per_sec: deliveries as f64 / seconds,

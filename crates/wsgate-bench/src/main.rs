@@ -55,7 +55,7 @@ enum Cmd {
         /// Write results.json and results.md here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run only these modes (comma-separated): echo, admission, fanout, idle, proxy, callgrind.
+        /// Run only these modes (comma-separated): echo, admission, fanout, cluster, idle, proxy, callgrind.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

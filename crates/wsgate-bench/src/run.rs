@@ -12,7 +12,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Every benchmark mode, in the order they run.
-pub const MODES: [&str; 6] = ["echo", "admission", "fanout", "idle", "proxy", "callgrind"];
+pub const MODES: [&str; 7] = [
+    "echo",
+    "admission",
+    "fanout",
+    "cluster",
+    "idle",
+    "proxy",
+    "callgrind",
+];
 
 pub struct Plan {
     /// Modes to run; empty means all.
@@ -139,6 +147,11 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
     if plan.wants("fanout") {
         let (section, rows) = fanout_mode(&plan, &wsgate, &baselines_note).await?;
         report.add("fanout", section, rows);
+    }
+
+    if plan.wants("cluster") {
+        let (section, rows) = cluster_mode(&plan, &wsgate).await?;
+        report.add("cluster", section, rows);
     }
 
     if plan.wants("idle") {
@@ -509,6 +522,225 @@ async fn fanout_mode(
         format!("### Fan-out (rooms; 16 messages in flight per publisher; a message counts once every member has it)\n\n{note}{md}\n### Fan-out ratios (same run)\n\n{ratio_md}"),
         json!(rows),
     ))
+}
+
+/// One fan-out run of the cluster mode.
+struct ClusterSample {
+    deliveries_per_sec: f64,
+    /// Server CPU (every wsgate node, and Redis) per delivery, µs.
+    cpu_per_delivery: f64,
+    /// Redis's share of it, µs.
+    redis_cpu_per_delivery: f64,
+    /// p50 of the members on the publishers' node, and on the other node (same as local on one node).
+    p50_local: f64,
+    p50_remote: f64,
+    p99: f64,
+}
+
+/// Cross-node fan-out: the same rooms on one node, then on two nodes sharing them through a
+/// real redis-server (publishers on node A, each room's members split between A and B), in
+/// alternating order. Every server process (the nodes and Redis) is pinned to the servers' core,
+/// so the cluster gets the single node's CPU: the ratio shows what the Redis hop costs.
+async fn cluster_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+) -> Result<(String, serde_json::Value), String> {
+    let Some(redis) = redis_binary() else {
+        let why = "redis-server is missing (Debian: apt-get install redis-server)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            return Err(why.into());
+        }
+        return Ok((
+            format!(
+                "### Fan-out across nodes
+
+(not run: {why})
+"
+            ),
+            json!({"skipped": why}),
+        ));
+    };
+    let dur = Duration::from_secs_f64(plan.seconds);
+    let case = |rooms, members, size| FanoutPlan {
+        rooms,
+        members,
+        publishers: 1,
+        size,
+        in_flight: 16,
+        duration: dur,
+        messages: None,
+    };
+    let cases: Vec<FanoutPlan> = if plan.smoke {
+        vec![case(1, 6, 20), case(4, 4, 20)]
+    } else {
+        vec![
+            case(1, 100, 20),
+            case(1, 1_000, 20),
+            case(1, 1_000, 1024),
+            case(100, 10, 20),
+        ]
+    };
+    let mut md = String::from("| case | setup | deliveries/s | server CPU µs per delivery (Redis's part) | p50 µs on node A | p50 µs on node B | p99 µs |\n|---|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from(
+        "| case | two nodes / one node deliveries/s | p50 added on node B (µs) |\n|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    for c in cases {
+        let label = if c.rooms == 1 {
+            format!("1 room × {}, {} B", c.members, c.size)
+        } else {
+            format!("{} rooms × {}, {} B", c.rooms, c.members, c.size)
+        };
+        let (mut single, mut cross) = (Vec::new(), Vec::new());
+        for round in 0..plan.rounds {
+            for k in 0..2 {
+                if (k + round) % 2 == 0 {
+                    single.push(one_node(wsgate, c).await?);
+                } else {
+                    cross.push(two_nodes(wsgate, &redis, c).await?);
+                }
+            }
+        }
+        let m =
+            |v: &[ClusterSample], f: fn(&ClusterSample) -> f64| median(v.iter().map(f).collect());
+        for (setup, v) in [("one node", &single), ("two nodes + Redis", &cross)] {
+            let (rate, cpu, rcpu, p50a, p50b, p99) = (
+                m(v, |x| x.deliveries_per_sec),
+                m(v, |x| x.cpu_per_delivery),
+                m(v, |x| x.redis_cpu_per_delivery),
+                m(v, |x| x.p50_local),
+                m(v, |x| x.p50_remote),
+                m(v, |x| x.p99),
+            );
+            let p50b_shown = if setup == "one node" {
+                "".to_owned()
+            } else {
+                format!("{p50b:.0}")
+            };
+            md.push_str(&format!(
+                "| {label} | {setup} | {rate:.0} | {cpu:.2} ({rcpu:.2}) | {p50a:.0} | {p50b_shown} | {p99:.0} |\n"
+            ));
+            rows.push(json!({"case": label, "rooms": c.rooms, "members": c.members, "size": c.size, "setup": setup, "deliveries_per_sec": rate, "server_cpu_us_per_delivery": cpu, "redis_cpu_us_per_delivery": rcpu, "p50_us_node_a": p50a, "p50_us_node_b": p50b, "p99_us": p99}));
+        }
+        let ratio =
+            m(&cross, |x| x.deliveries_per_sec) / m(&single, |x| x.deliveries_per_sec).max(1e-9);
+        let added = m(&cross, |x| x.p50_remote) - m(&single, |x| x.p50_local);
+        ratio_md.push_str(&format!("| {label} | {ratio:.2} | {added:.0} |\n"));
+    }
+    Ok((
+        format!("### Fan-out across nodes (publishers on node A, each room's members split between A and B; every server process on one core)\n\n{md}\n### Fan-out across nodes, ratios (same run)\n\n{ratio_md}"),
+        json!(rows),
+    ))
+}
+
+/// Debian's redis-server, or `WSGATE_REDIS_SERVER`.
+fn redis_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WSGATE_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+async fn one_node(wsgate: &PathBuf, c: FanoutPlan) -> Result<ClusterSample, String> {
+    let s = start("wsgate", wsgate)?;
+    let f = fanout::open(s.addr, "/ws/fan/", c)
+        .await
+        .map_err(|e| format!("one node fan-out: {e}"))?;
+    let spid = pid(&s).to_string();
+    let s0 = cpu_secs(&spid);
+    let r = f
+        .run()
+        .await
+        .map_err(|e| format!("one node fan-out: {e}"))?;
+    let s1 = cpu_secs(&spid);
+    Ok(ClusterSample {
+        deliveries_per_sec: r.deliveries_per_sec,
+        cpu_per_delivery: (s1 - s0) * 1e6 / r.deliveries.max(1) as f64,
+        redis_cpu_per_delivery: 0.0,
+        p50_local: r.p50_us as f64,
+        p50_remote: r.p50_us as f64,
+        p99: r.p99_us as f64,
+    })
+}
+
+async fn two_nodes(
+    wsgate: &PathBuf,
+    redis: &PathBuf,
+    c: FanoutPlan,
+) -> Result<ClusterSample, String> {
+    let port = free_port()?;
+    let dir = tempdir::Dir::new("redis")?;
+    let mut server = pinned(0, redis);
+    server
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let redis_proc = Kill(
+        server
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?,
+    );
+    let node = |name: &str| {
+        format!(
+            "{}\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{name}\"\n",
+            bench_config()
+        )
+    };
+    let a = start_with("wsgate", wsgate, Launch::Pinned(0), node("a"))?;
+    let b = start_with("wsgate", wsgate, Launch::Pinned(0), node("b"))?;
+    // The nodes connect to Redis on their own; rooms are subscribed when their members join.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let f = fanout::open_on(a.addr, &[a.addr, b.addr], "/ws/fan/", c)
+        .await
+        .map_err(|e| format!("two nodes fan-out: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pids = [
+        pid(&a).to_string(),
+        pid(&b).to_string(),
+        redis_proc.0.id().to_string(),
+    ];
+    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(p)).collect();
+    let r = f
+        .run()
+        .await
+        .map_err(|e| format!("two nodes fan-out: {e}"))?;
+    let after: Vec<f64> = pids.iter().map(|p| cpu_secs(p)).collect();
+    let spent: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let per = |secs: f64| secs * 1e6 / r.deliveries.max(1) as f64;
+    let node = |i: usize| r.p50_us_by_node.get(i).copied().unwrap_or_default() as f64;
+    drop(redis_proc);
+    Ok(ClusterSample {
+        deliveries_per_sec: r.deliveries_per_sec,
+        cpu_per_delivery: per(spent.iter().sum()),
+        redis_cpu_per_delivery: per(spent[2]),
+        p50_local: node(0),
+        p50_remote: node(1),
+        p99: r.p99_us as f64,
+    })
+}
+
+/// A child process killed when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The total instruction count of a callgrind output file.
