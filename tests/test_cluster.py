@@ -332,7 +332,7 @@ def test_check_shows_the_cluster_without_its_password(tmp_path, redis):
     out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "cluster node_id=n1 redis=redis://:***@127.0.0.1:1/0" in out.stdout
-    assert "WARNING cluster: cannot connect" in out.stdout
+    assert "WARNING cluster: cannot connect" in out.stdout and "nothing listens there" in out.stdout, out.stdout
     assert "s3cret-pass" not in out.stdout + out.stderr
     cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{redis.url}"\n')
     out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
@@ -353,8 +353,14 @@ def test_the_redis_password_comes_from_a_file_or_the_environment_and_is_never_sh
         cfg.write_text(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\npassword_env = "WSGATE_TEST_REDIS_PASS"\n')
         out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30,
                              env={**os.environ, "WSGATE_TEST_REDIS_PASS": "not-it"})
-        assert out.returncode == 0 and "WARNING cluster:" in out.stdout, out.stdout
+        assert out.returncode == 0 and "Redis refused the password" in out.stdout, out.stdout
         assert "not-it" not in out.stdout + out.stderr
+        # serve says the same in its outage line, and keeps serving on its own.
+        wrong = tmp_path / "wrong.pass"
+        wrong.write_text("not-it\n")
+        m = wsgate(config(routes=ROOM) + f'\n[cluster]\nredis = "{r.url}"\npassword_file = "{wrong}"\n')
+        log = m.wait_log("Redis refused the password", timeout=10)
+        assert "cluster.password_file" in log and "not-it" not in log, log
         out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30,
                              env={k: v for k, v in os.environ.items() if k != "WSGATE_TEST_REDIS_PASS"})
         assert "WSGATE_TEST_REDIS_PASS is not set" in out.stdout, out.stdout
@@ -462,6 +468,21 @@ def test_tls_to_redis_with_a_private_ca_and_a_client_certificate(wsgate, tmp_pat
         r.kill()
 
 
+def cluster_port():
+    """A free port whose cluster bus port (itself + 10000, Redis's rule) is free and valid too."""
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        return p
+    raise AssertionError("no free port pair for a Redis Cluster node")
+
+
 class RedisCluster:
     """A throwaway Redis Cluster on 127.0.0.1: three redis-server primaries, the slots split by
     `redis-cli --cluster create`."""
@@ -469,7 +490,7 @@ class RedisCluster:
     def __init__(self, tmp_path):
         exe = require_tool("redis-server", "Debian's redis-server runs the cluster tests")
         self.cli = require_tool("redis-cli", "Debian's redis-tools creates the Redis Cluster")
-        self.ports = [free_port() for _ in range(3)]
+        self.ports = [cluster_port() for _ in range(3)]
         self.procs = []
         for p in self.ports:
             d = tmp_path / f"shard-{p}"
@@ -477,7 +498,7 @@ class RedisCluster:
             self.procs.append(subprocess.Popen(
                 [exe, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d),
                  "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT))
         for p in self.ports:
             self.wait(lambda: self.ask(p, "PING") == "PONG", "a shard did not start")
         out = subprocess.run([self.cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],

@@ -437,6 +437,13 @@ fn explain(error: String) -> String {
         " (cluster.sharded = true needs a Redis Cluster, cluster-enabled yes; for a single Redis remove sharded)"
     } else if error.contains("MOVED") || error.contains("CLUSTERDOWN") {
         " (this Redis is part of a Redis Cluster: set cluster.sharded = true)"
+    } else if error.contains("WRONGPASS")
+        || error.contains("NOAUTH")
+        || error.contains("AuthenticationFailed")
+    {
+        " (Redis refused the password: check cluster.password_file, cluster.password_env or the redis://:PASSWORD@HOST URL)"
+    } else if error.contains("Connection refused") {
+        " (nothing listens there: check the host and port in cluster.redis, and that Redis runs)"
     } else {
         ""
     };
