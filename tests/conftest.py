@@ -249,6 +249,12 @@ def frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
 
 def read_frame(sock):
     """Reads one unmasked server frame: (opcode, payload)."""
+    b0, payload = read_raw_frame(sock)
+    return b0 & 0x0F, payload
+
+
+def read_raw_frame(sock):
+    """Reads one unmasked server frame: (its first byte, with FIN and RSV1, and its payload)."""
     def exact(n):
         out = b""
         while len(out) < n:
@@ -263,7 +269,7 @@ def read_frame(sock):
         n = int.from_bytes(exact(2), "big")
     elif n == 127:
         n = int.from_bytes(exact(8), "big")
-    return b0 & 0x0F, exact(n)
+    return b0, exact(n)
 
 
 def run_node(script, *args, timeout=30):

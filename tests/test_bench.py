@@ -35,7 +35,13 @@ def test_benchmark_smoke_run(tmp_path):
         (c, s) for c in ("1 room × 6, 20 B", "4 rooms × 4, 20 B") for s in ("one node", "two nodes + Redis")}
     assert all(r["deliveries_per_sec"] > 0 and r["server_cpu_us_per_delivery"] > 0 for r in doc["cluster"])
     assert all(r["p50_us_node_b"] > 0 for r in doc["cluster"] if r["setup"] != "one node")
-    assert {r["server"] for r in doc["idle"]} == servers | {"wsgate (room members)"}
+    assert {r["server"] for r in doc["idle"]} == servers | {
+        "wsgate (room members)", "wsgate (deflate, stateless)", "wsgate (deflate, contextual)", "yawc (deflate)"}
+    compression = {(r["case"], r["server"]) for r in doc["compression"]}
+    assert compression == {(f"4 × {k} KiB JSON text", s) for k in (1, 16) for s in (
+        "wsgate, deflate (stateless)", "wsgate, deflate (contextual)", "wsgate, not compressed", "yawc, deflate")}
+    assert all(r["msgs_per_sec"] > 0 and r["wire_bytes_per_msg"] > 0 for r in doc["compression"])
+    assert "### Compression ratios (same run)" in (tmp_path / "results.md").read_text()
     assert {r["proxy"] for r in doc["proxy"]} == {"wsgate", "nginx"}
     assert all(r["msgs_per_sec"] > 0 for r in doc["proxy"])
     assert {r["server"] for r in doc["callgrind"]["echo"]} == {"wsgate", "fastwebsockets", "tungstenite"}

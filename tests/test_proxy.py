@@ -207,3 +207,42 @@ def test_graceful_shutdown_closes_proxied_connections_with_1001(wsgate, upstream
 
     assert run(go()) == 1001
     assert s.proc.wait(5) == 0
+
+
+def test_proxy_negotiates_permessage_deflate_end_to_end(wsgate, upstream):
+    # The upstream (websockets) accepts permessage-deflate: the client gets the upstream's answer and
+    # compressed frames pass as they are, both ways.
+    s = wsgate(proxy_config(upstream()))
+
+    async def go(url):
+        async with connect(url, origin="http://app.test", max_size=2 << 20) as ws:
+            text = json.dumps({"items": ["hello world"] * 500})
+            for msg in [text, os.urandom(70000), "short"]:
+                await ws.send(msg)
+                assert await ws.recv() == msg
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    answer = run(go(s.url + "/ws/up"))
+    assert answer and answer.startswith("permessage-deflate"), answer
+    # On the wire: a compressed text message comes back compressed (RSV1), fewer bytes than its text.
+    import zlib
+    r = raw(s.port, handshake(path="/ws/up", headers=[("Origin", "http://app.test"),
+                                                      ("Sec-WebSocket-Extensions", "permessage-deflate")]), keep_open=True)
+    assert r.status == 101 and r.header("sec-websocket-extensions").startswith("permessage-deflate")
+    text = json.dumps({"items": ["hello world"] * 500}).encode()
+    c = zlib.compressobj(6, zlib.DEFLATED, -9)
+    packed = (c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    f = bytearray(frame(0x1, packed))
+    f[0] |= 0x40
+    r.sock.sendall(bytes(f))
+    sock = Prefixed(r.body, r.sock)
+    head = sock.recv(2)
+    assert head[0] == 0xC1, hex(head[0])
+    r.sock.close()
+
+    # An upstream that declines: the client's 101 declines too, and plain frames pass.
+    plain = wsgate(proxy_config(upstream("echo-plain")))
+    assert run(go(plain.url + "/ws/up")) is None
+    # compression = "off": nothing is offered upstream, even to one that would accept.
+    off = wsgate(proxy_config(upstream(), extra='compression = "off"'))
+    assert run(go(off.url + "/ws/up")) is None

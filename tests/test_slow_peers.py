@@ -155,7 +155,8 @@ def test_upstream_that_never_reads_closes_the_client_with_1011(wsgate, python_pe
     s = wsgate(proxy_config(up))
 
     async def go():
-        async with connect(s.url + "/ws/up", max_size=None) as ws:
+        # Uncompressed, so the bytes pile up as fast as they are sent.
+        async with connect(s.url + "/ws/up", max_size=None, compression=None) as ws:
             async def push():
                 while True:
                     await ws.send(b"u" * 65536)

@@ -7,6 +7,7 @@ import hmac
 import json
 import pathlib
 import struct
+import zlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -58,12 +59,26 @@ def frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
     return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
 
 
-write("client_frames", "text", frame(1, b"hello"))
-write("client_frames", "fragments-ping", frame(1, b"he", fin=False) + frame(9, b"p") + frame(0, b"llo"))
-write("client_frames", "binary-200", frame(2, bytes(range(200))))
-write("client_frames", "close", frame(8, struct.pack("!H", 1000) + b"bye"))
-write("client_frames", "bad-utf8", frame(1, b"\xce\xbb\xff"))
-write("client_frames", "split-utf8", frame(1, b"\xce", fin=False) + frame(0, b"\xbb"))
+def deflated(data):
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def rsv1(f):
+    return bytes([f[0] | 0x40]) + f[1:]
+
+
+# The first byte picks permessage-deflate: 0 none, 1 stateless, 2 contextual.
+write("client_frames", "text", b"\x00" + frame(1, b"hello"))
+write("client_frames", "fragments-ping", b"\x00" + frame(1, b"he", fin=False) + frame(9, b"p") + frame(0, b"llo"))
+write("client_frames", "binary-200", b"\x00" + frame(2, bytes(range(200))))
+write("client_frames", "close", b"\x00" + frame(8, struct.pack("!H", 1000) + b"bye"))
+write("client_frames", "bad-utf8", b"\x00" + frame(1, b"\xce\xbb\xff"))
+write("client_frames", "split-utf8", b"\x00" + frame(1, b"\xce", fin=False) + frame(0, b"\xbb"))
+write("client_frames", "deflate-text", b"\x01" + rsv1(frame(1, deflated(b'{"text":"hello hello hello"}' * 4))))
+packed = deflated(b"abcdefgh" * 40)
+write("client_frames", "deflate-fragments", b"\x02" + rsv1(frame(2, packed[:5], fin=False)) + frame(0, packed[5:]))
+write("client_frames", "deflate-bomb", b"\x01" + rsv1(frame(2, deflated(bytes(100000)))))
 
 # proxy_protocol
 write("proxy_protocol", "v1", b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n")
@@ -117,3 +132,8 @@ with tempfile.TemporaryDirectory() as d:
                     "-subj", "/CN=example.test", "-addext", "subjectAltName=DNS:example.test,IP:127.0.0.1"],
                    check=True, capture_output=True)
     write("doctor_answer", "certificate.der", pathlib.Path(f"{d}/c.der").read_bytes())
+
+# extensions: Sec-WebSocket-Extensions as browsers, libraries and upstreams write it
+write("extensions", "browser", "permessage-deflate; client_max_window_bits")
+write("extensions", "two", 'permessage-deflate; server_no_context_takeover; server_max_window_bits="10", permessage-deflate')
+write("extensions", "mixed", "x-webkit-deflate-frame, permessage-deflate; client_no_context_takeover; client_max_window_bits=9")

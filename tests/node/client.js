@@ -6,6 +6,8 @@
 //   members URL N COUNT     N members of one room: print "open" once all are in, then check that
 //                           each gets COUNT messages "PUBLISHER:SEQ" with every publisher's SEQ
 //                           counting up from 0; print "members ok"
+//   deflate URL             with ws's default permessage-deflate offer: JSON-like text and binary
+//                           round trips; print the negotiated extensions as JSON
 'use strict';
 const WebSocket = require('ws');
 
@@ -105,8 +107,23 @@ async function members(url, n, count) {
   console.log('members ok');
 }
 
+async function deflate(url) {
+  const ws = await open(url);
+  const next = inbox(ws);
+  const text = JSON.stringify({ user: 'alice', items: Array.from({ length: 200 }, (_, i) => ({ id: i, text: 'hello world' })) });
+  ws.send(text);
+  let m = await next();
+  if (m.isBinary || m.data.toString() !== text) throw new Error('text echo mismatch');
+  const bin = Buffer.alloc(65536, 7);
+  ws.send(bin);
+  m = await next();
+  if (!m.isBinary || !Buffer.from(m.data).equals(bin)) throw new Error('binary echo mismatch');
+  console.log(JSON.stringify({ extensions: ws.extensions }));
+  ws.close(1000);
+}
+
 const [mode, ...urls] = process.argv.slice(2);
-const run = { echo, chat, hold, members, 'echo-proto': echoProto }[mode];
+const run = { echo, chat, hold, members, deflate, 'echo-proto': echoProto }[mode];
 if (!run) {
   console.error(`unknown mode ${mode}`);
   process.exit(2);

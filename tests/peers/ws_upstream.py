@@ -2,7 +2,8 @@
 
 Usage: ws_upstream.py MODE [CERT KEY]   where MODE is `echo` (echoes; on request reports headers,
 vanishes without a close frame, or sends a masked frame, which no server may), `echo-any` (the same,
-choosing whatever subprotocol the client offers first, as a careless upstream would) or
+choosing whatever subprotocol the client offers first, as a careless upstream would), `echo-plain`
+(echo declining permessage-deflate, which `websockets` otherwise accepts) or
 `sink` (never reads what it is sent), `refuse` (answers every handshake with 403); in every mode
 but `sink`, the message `flood?` makes it send 64 KiB messages as fast as they are taken. With CERT
 and KEY it serves wss://. Prints `port N` once
@@ -64,9 +65,12 @@ async def main(mode, cert=None, key=None):
     def select_any(connection, offered):
         return offered[0] if offered else None
 
-    kwargs = {"select_subprotocol": select_any if mode == "echo-any" else select}
+    # Room for 1 MiB messages of random bytes, which permessage-deflate makes a little longer.
+    kwargs = {"select_subprotocol": select_any if mode == "echo-any" else select, "max_size": 4 << 20}
     if mode == "refuse":
         kwargs["process_request"] = refuse
+    if mode == "echo-plain":
+        kwargs["compression"] = None
     if cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)

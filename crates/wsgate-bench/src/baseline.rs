@@ -35,37 +35,73 @@ pub async fn tungstenite(listener: TcpListener) {
 
 /// Serves echo with fastwebsockets (hyper upgrade + FragmentCollector) until killed.
 pub async fn fastwebsockets(listener: TcpListener) {
+    serve_upgrades(listener, |mut req| async move {
+        let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
+        tokio::spawn(async move {
+            let Ok(ws) = fut.await else { return };
+            let mut ws = fastwebsockets::FragmentCollector::new(ws);
+            loop {
+                let Ok(frame) = ws.read_frame().await else {
+                    return;
+                };
+                match frame.opcode {
+                    fastwebsockets::OpCode::Close => return,
+                    fastwebsockets::OpCode::Text | fastwebsockets::OpCode::Binary => {}
+                    _ => continue,
+                }
+                if ws.write_frame(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok::<_, fastwebsockets::WebSocketError>(resp.map(|_| Empty::<Bytes>::new()))
+    })
+    .await
+}
+
+/// Accepts connections and serves HTTP/1.1 with upgrades through `handle` until killed.
+async fn serve_upgrades<F, Fut, E>(listener: TcpListener, handle: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<Empty<Bytes>>, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(|mut req| async move {
-                let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
-                tokio::spawn(async move {
-                    let Ok(ws) = fut.await else { return };
-                    let mut ws = fastwebsockets::FragmentCollector::new(ws);
-                    loop {
-                        let Ok(frame) = ws.read_frame().await else {
-                            return;
-                        };
-                        match frame.opcode {
-                            fastwebsockets::OpCode::Close => return,
-                            fastwebsockets::OpCode::Text | fastwebsockets::OpCode::Binary => {}
-                            _ => continue,
-                        }
-                        if ws.write_frame(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                Ok::<_, fastwebsockets::WebSocketError>(resp.map(|_| Empty::<Bytes>::new()))
-            });
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
                 .with_upgrades()
                 .await;
         });
     }
+}
+
+/// Serves echo with yawc and its permessage-deflate (RFC 7692) until killed: the compression
+/// baseline, since tungstenite and fastwebsockets do not compress.
+pub async fn yawc(listener: TcpListener) {
+    serve_upgrades(listener, |mut req| async move {
+        let options = yawc::Options::default()
+            .with_compression_level(yawc::CompressionLevel::fast())
+            .with_limits(16 << 20, 16 << 20);
+        let (resp, fut) = yawc::WebSocket::upgrade_with_options(&mut req, options)?;
+        tokio::spawn(async move {
+            let Ok(mut ws) = fut.await else { return };
+            while let Some(frame) = ws.next().await {
+                match frame.opcode() {
+                    yawc::frame::OpCode::Close => return,
+                    yawc::frame::OpCode::Text | yawc::frame::OpCode::Binary => {}
+                    _ => continue,
+                }
+                if ws.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok::<_, yawc::WebSocketError>(resp)
+    })
+    .await
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use wsgate_handshake::frame::{parse_server_frame, OpCode as WireOp, Parsed};
+use wsgate_handshake::frame::{parse_server_frame_deflate, OpCode as WireOp, Parsed};
 
 /// Opens a WebSocket with a hand-written handshake; reads exactly the answer's head.
 pub async fn connect(
@@ -68,6 +68,8 @@ pub struct EchoResult {
     pub p99_us: u64,
     /// 99.9th percentile.
     pub p999_us: u64,
+    /// Bytes on the wire per echoed message: the client's frame and the server's answer.
+    pub wire_bytes_per_msg: f64,
 }
 
 /// Runs `connections` connections, each keeping `in_flight` messages of `size` bytes in flight.
@@ -83,16 +85,69 @@ pub async fn echo(
     in_flight: usize,
     duration: Duration,
 ) -> std::io::Result<EchoResult> {
+    let message = EchoMessage {
+        frame: client_frame(size, [0x12, 0x34, 0x56, 0x78]),
+        payload_len: size,
+        headers: Vec::new(),
+    };
+    echo_message(addr, path, connections, &message, in_flight, duration).await
+}
+
+/// One message of an echo load, as it goes on the wire.
+pub struct EchoMessage {
+    /// The client's masked frame, built once.
+    pub frame: Vec<u8>,
+    /// Its payload's length before any compression (for MiB/s).
+    pub payload_len: usize,
+    /// Handshake headers, e.g. a permessage-deflate offer.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A text message compressed with permessage-deflate (each message on its own, which any
+/// agreement allows a client), in a masked frame with RSV1, and the offer that goes with it.
+pub fn deflate_message(text: &[u8]) -> EchoMessage {
+    let mut packed = Vec::new();
+    wsgate_handshake::deflate::compress_message(text, 15, &mut packed);
+    let mut frame =
+        wsgate_handshake::frame::client_frame(WireOp::Text, &packed, [0x12, 0x34, 0x56, 0x78]);
+    frame[0] |= 0x40;
+    EchoMessage {
+        frame,
+        payload_len: text.len(),
+        headers: vec![(
+            "Sec-WebSocket-Extensions".into(),
+            "permessage-deflate; client_max_window_bits".into(),
+        )],
+    }
+}
+
+/// A text message as it is.
+pub fn text_message(text: &[u8]) -> EchoMessage {
+    EchoMessage {
+        frame: wsgate_handshake::frame::client_frame(WireOp::Text, text, [0x12, 0x34, 0x56, 0x78]),
+        payload_len: text.len(),
+        headers: Vec::new(),
+    }
+}
+
+/// [`echo`] with a prebuilt message (text, compressed, …).
+pub async fn echo_message(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    message: &EchoMessage,
+    in_flight: usize,
+    duration: Duration,
+) -> std::io::Result<EchoResult> {
+    let size = message.payload_len;
     let stop = Arc::new(AtomicBool::new(false));
     // Every connection is open before any sends, so set-up never competes with load.
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
-        streams.push(connect(addr, path, &[], None).await?);
+        streams.push(connect(addr, path, &message.headers, None).await?);
     }
     let in_flight = in_flight.max(1);
-    let frames: Arc<[u8]> = client_frame(size, [0x12, 0x34, 0x56, 0x78])
-        .repeat(in_flight)
-        .into();
+    let frames: Arc<[u8]> = message.frame.repeat(in_flight).into();
     let mut tasks = Vec::new();
     for stream in streams {
         let until = Until::Flag(stop.clone());
@@ -108,12 +163,14 @@ pub async fn echo(
     stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let mut total = 0;
+    let mut read = 0;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     for mut t in tasks {
         match tokio::time::timeout(Duration::from_secs(10), &mut t).await {
-            Ok(Ok((n, h))) => {
+            Ok(Ok((n, h, r))) => {
                 total += n;
+                read += r;
                 if let Some(h) = h {
                     let _ = hist.add(h);
                 }
@@ -129,6 +186,7 @@ pub async fn echo(
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
+        wire_bytes_per_msg: message.frame.len() as f64 + read as f64 / total.max(1) as f64,
     })
 }
 
@@ -148,8 +206,9 @@ async fn echo_loop(
     frames: Arc<[u8]>,
     in_flight: usize,
     until: Until,
-) -> (u64, Option<Histogram<u64>>) {
+) -> (u64, Option<Histogram<u64>>, u64) {
     let frame_len = frames.len() / in_flight;
+    let mut read = 0u64;
     let limit = match until {
         Until::Count(n) => n,
         Until::Flag(_) => u64::MAX,
@@ -161,7 +220,7 @@ async fn echo_loop(
     let mut counter = FrameCounter::default();
     let first = (in_flight as u64).min(limit) as usize;
     if first == 0 {
-        return (done, hist);
+        return (done, hist, read);
     }
     sent.extend(std::iter::repeat_n(Instant::now(), first));
     if stream
@@ -169,19 +228,20 @@ async fn echo_loop(
         .await
         .is_err()
     {
-        return (done, hist);
+        return (done, hist, read);
     }
     out += first as u64;
     loop {
         let Ok(n) = stream.read(&mut buf[counter.kept..]).await else {
-            return (done, hist);
+            return (done, hist, read);
         };
         if n == 0 {
-            return (done, hist);
+            return (done, hist, read);
         }
+        read += n as u64;
         let (echoes, closed) = counter.feed(&mut buf, n);
         if closed {
-            return (done, hist);
+            return (done, hist, read);
         }
         if echoes == 0 {
             continue;
@@ -213,7 +273,7 @@ async fn echo_loop(
                 })
                 .await;
             }
-            return (done, hist);
+            return (done, hist, read);
         }
         let more = (echoes as u64).min(limit - out) as usize;
         if more == 0 {
@@ -221,7 +281,7 @@ async fn echo_loop(
         }
         sent.extend(std::iter::repeat_n(now, more));
         if stream.write_all(&frames[..more * frame_len]).await.is_err() {
-            return (done, hist);
+            return (done, hist, read);
         }
         out += more as u64;
     }
@@ -263,7 +323,8 @@ impl FrameCounter {
                 frames += 1;
                 self.counting = false;
             }
-            let h = match parse_server_frame(&buf[pos..end], usize::MAX) {
+            // RSV1 is allowed: with permessage-deflate, answers may be compressed.
+            let h = match parse_server_frame_deflate(&buf[pos..end], usize::MAX) {
                 Parsed::Header(h) => h,
                 Parsed::Incomplete => break,
                 // Not a server's frame: the server is broken; stop as if it had closed.
@@ -272,7 +333,11 @@ impl FrameCounter {
             if h.opcode == WireOp::Close {
                 return (frames, true);
             }
-            self.counting = h.fin && matches!(h.opcode, WireOp::Binary | WireOp::Continuation);
+            self.counting = h.fin
+                && matches!(
+                    h.opcode,
+                    WireOp::Binary | WireOp::Text | WireOp::Continuation
+                );
             self.skip = h.payload_len as u64;
             pos += h.header_len;
         }
@@ -332,16 +397,73 @@ pub async fn handshakes(
 
 /// Opens `count` idle connections (spread over source addresses) and keeps them until dropped.
 /// A `{room}` in `path` becomes one of 1,000 room numbers, in turn.
-pub async fn idle(addr: SocketAddr, path: &str, count: usize) -> std::io::Result<Vec<TcpStream>> {
+///
+/// With `message`, each connection first echoes it (with its handshake headers, e.g. a
+/// permessage-deflate offer) so whatever a connection keeps after a message is counted.
+pub async fn idle_after(
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    message: Option<&EchoMessage>,
+) -> std::io::Result<Vec<TcpStream>> {
     let mut conns = Vec::with_capacity(count);
+    let headers = message.map_or(&[][..], |m| &m.headers[..]);
+    let mut buf = vec![0u8; 64 * 1024];
     for i in 0..count {
         let source: IpAddr = format!("127.0.0.{}", 2 + i % 200)
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let path = path.replace("{room}", &(i % 1000).to_string());
-        conns.push(connect(addr, &path, &[], Some(source)).await?);
+        let mut c = connect(addr, &path, headers, Some(source)).await?;
+        if let Some(m) = message {
+            c.write_all(&m.frame).await?;
+            let mut counter = FrameCounter::default();
+            loop {
+                let n = c.read(&mut buf[counter.kept..]).await?;
+                if n == 0 {
+                    return Err(std::io::Error::other("closed before the echo"));
+                }
+                if counter.feed(&mut buf, n).0 > 0 {
+                    break;
+                }
+            }
+        }
+        conns.push(c);
     }
     Ok(conns)
+}
+
+/// Sends `message` on one connection and returns the answer's payload, inflated when the server
+/// compressed it: proof that a server echoes correctly before it is measured.
+pub async fn echo_once(
+    addr: SocketAddr,
+    path: &str,
+    message: &EchoMessage,
+) -> std::io::Result<Vec<u8>> {
+    let mut c = connect(addr, path, &message.headers, None).await?;
+    c.write_all(&message.frame).await?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Parsed::Header(h) = parse_server_frame_deflate(&buf, usize::MAX) {
+            if buf.len() >= h.frame_len() {
+                let payload = &buf[h.header_len..h.frame_len()];
+                if !h.rsv1 {
+                    return Ok(payload.to_vec());
+                }
+                let mut plain = Vec::new();
+                wsgate_handshake::deflate::Inflater::new()
+                    .inflate(payload, 64 << 20, &mut plain)
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                return Ok(plain);
+            }
+        }
+        let n = c.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the echo"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Echoes exactly `per_connection` messages of `size` bytes on each of `connections`
@@ -366,7 +488,7 @@ pub async fn echo_fixed(
     let mut total = 0;
     for mut t in tasks {
         match tokio::time::timeout(Duration::from_secs(600), &mut t).await {
-            Ok(Ok((n, _))) => total += n,
+            Ok(Ok((n, _, _))) => total += n,
             _ => t.abort(),
         }
     }

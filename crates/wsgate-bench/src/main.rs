@@ -32,7 +32,7 @@ struct Cli {
 enum Cmd {
     /// Serve a baseline echo server (used by `run`).
     Baseline {
-        /// tungstenite | fastwebsockets
+        /// tungstenite | fastwebsockets | yawc
         kind: String,
         /// Address to bind.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -55,7 +55,7 @@ enum Cmd {
         /// Write results.json and results.md here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run only these modes (comma-separated): echo, admission, fanout, cluster, idle, proxy, callgrind.
+        /// Run only these modes (comma-separated): echo, admission, fanout, compression, cluster, idle, proxy, callgrind.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -165,9 +165,13 @@ fn main() -> ExitCode {
                     _ = baseline::fastwebsockets(listener) => {}
                     _ = term.recv() => {}
                 },
+                "yawc" => tokio::select! {
+                    _ = baseline::yawc(listener) => {}
+                    _ = term.recv() => {}
+                },
                 other => {
                     eprintln!(
-                        "wsgate-bench: unknown baseline {other:?}: tungstenite or fastwebsockets"
+                        "wsgate-bench: unknown baseline {other:?}: tungstenite, fastwebsockets or yawc"
                     );
                     return ExitCode::from(2);
                 }

@@ -12,10 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Every benchmark mode, in the order they run.
-pub const MODES: [&str; 7] = [
+pub const MODES: [&str; 8] = [
     "echo",
     "admission",
     "fanout",
+    "compression",
     "cluster",
     "idle",
     "proxy",
@@ -149,6 +150,11 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
         report.add("fanout", section, rows);
     }
 
+    if plan.wants("compression") {
+        let (section, rows) = compression_mode(&plan, &wsgate).await?;
+        report.add("compression", section, rows);
+    }
+
     if plan.wants("cluster") {
         let (section, rows) = cluster_mode(&plan, &wsgate).await?;
         report.add("cluster", section, rows);
@@ -180,22 +186,38 @@ pub async fn run(plan: Plan, wsgate: Option<PathBuf>, out: Option<PathBuf>) -> R
             }
             // Every server on its echo path, and wsgate once more with every connection a member
             // of one of 1,000 rooms.
-            let runs = servers.iter().map(|&n| (n, n, "/ws/echo")).chain([(
-                "wsgate (room members)",
-                "wsgate",
-                "/ws/chat/{room}",
-            )]);
-            for (label, name, path) in runs {
-                // tokio-tungstenite keeps ~130 KiB per connection: 100,000 would need ~13 GiB.
-                if idle_n > 10_000 && name == "tungstenite" {
+            // And with permessage-deflate negotiated, each connection idle after echoing one
+            // compressed 1 KiB message: what compression keeps per connection.
+            let deflated = load::deflate_message(&json_text(1024));
+            let runs = servers.iter().map(|&n| (n, n, "/ws/echo", None)).chain([
+                ("wsgate (room members)", "wsgate", "/ws/chat/{room}", None),
+                (
+                    "wsgate (deflate, stateless)",
+                    "wsgate",
+                    "/ws/echo",
+                    Some(&deflated),
+                ),
+                (
+                    "wsgate (deflate, contextual)",
+                    "wsgate",
+                    "/ws/echo-contextual",
+                    Some(&deflated),
+                ),
+                ("yawc (deflate)", "yawc", "/ws/echo", Some(&deflated)),
+            ]);
+            for (label, name, path, message) in runs {
+                // tokio-tungstenite keeps ~130 KiB per connection: 100,000 would need ~13 GiB;
+                // compressing servers keep their windows (hundreds of KiB).
+                let heavy = name == "tungstenite" || name == "yawc" || label.contains("contextual");
+                if idle_n > 10_000 && heavy {
                     continue;
                 }
                 let s = start(name, &wsgate)?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let before = rss_bytes(pid(&s));
-                let conns = load::idle(s.addr, path, idle_n)
+                let conns = load::idle_after(s.addr, path, idle_n, message)
                     .await
-                    .map_err(|e| format!("{name} idle: {e}"))?;
+                    .map_err(|e| format!("{label} idle: {e}"))?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let after = rss_bytes(pid(&s));
                 drop(conns);
@@ -520,6 +542,110 @@ async fn fanout_mode(
     }
     Ok((
         format!("### Fan-out (rooms; 16 messages in flight per publisher; a message counts once every member has it)\n\n{note}{md}\n### Fan-out ratios (same run)\n\n{ratio_md}"),
+        json!(rows),
+    ))
+}
+
+/// JSON-like text of `size` bytes: records of a chat, as an application would send.
+pub fn json_text(size: usize) -> Vec<u8> {
+    let mut out = String::from("[");
+    let mut i = 0;
+    while out.len() < size {
+        out.push_str(&format!(
+            r#"{{"id":{i},"user":"user-{}","room":"lobby","text":"message number {i} about the weather today","ts":{}}},"#,
+            i % 17,
+            1_790_000_000 + i * 7
+        ));
+        i += 1;
+    }
+    out.truncate(size.saturating_sub(1));
+    out.push(']');
+    out.into_bytes()
+}
+
+/// Echo with permessage-deflate: JSON-like text, wsgate compressing (stateless and contextual)
+/// beside wsgate not compressing and yawc compressing, in alternating order.
+async fn compression_mode(
+    plan: &Plan,
+    wsgate: &PathBuf,
+) -> Result<(String, serde_json::Value), String> {
+    let dur = Duration::from_secs_f64(plan.seconds);
+    let conns = if plan.smoke { 4 } else { 100 };
+    // (label, server, path, compressed)
+    let setups: [(&str, &'static str, &str, bool); 4] = [
+        ("wsgate, deflate (stateless)", "wsgate", "/ws/echo", true),
+        (
+            "wsgate, deflate (contextual)",
+            "wsgate",
+            "/ws/echo-contextual",
+            true,
+        ),
+        ("wsgate, not compressed", "wsgate", "/ws/echo", false),
+        ("yawc, deflate", "yawc", "/ws/echo", true),
+    ];
+    let mut md = String::from("| case | server | msgs/s | server CPU µs per msg | bytes on the wire per msg | p99 µs |\n|---|---|---|---|---|---|\n");
+    let mut ratio_md = String::from("| case | wsgate / yawc msgs/s | server CPU per msg: yawc / wsgate | wire bytes: deflate / not compressed |\n|---|---|---|---|\n");
+    let mut rows = Vec::new();
+    for size in [1024, 16 * 1024] {
+        let text = json_text(size);
+        let label = format!("{conns} × {} KiB JSON text", size / 1024);
+        let mut per: BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = Default::default();
+        for round in 0..plan.rounds {
+            for k in 0..setups.len() {
+                let (name, server, path, compressed) = setups[(k + round) % setups.len()];
+                let message = if compressed {
+                    load::deflate_message(&text)
+                } else {
+                    load::text_message(&text)
+                };
+                let s = start(server, wsgate)?;
+                let back = load::echo_once(s.addr, path, &message)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                if back != text {
+                    return Err(format!("{name} did not echo the message"));
+                }
+                let spid = pid(&s).to_string();
+                let s0 = cpu_secs(&spid);
+                let r = load::echo_message(s.addr, path, conns, &message, 1, dur)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                let s1 = cpu_secs(&spid);
+                per.entry(name).or_default().push((
+                    r.msgs_per_sec,
+                    (s1 - s0) * 1e6 / r.messages.max(1) as f64,
+                    r.wire_bytes_per_msg,
+                    r.p99_us as f64,
+                ));
+            }
+        }
+        let m = |v: &[(f64, f64, f64, f64)], f: fn(&(f64, f64, f64, f64)) -> f64| {
+            median(v.iter().map(f).collect())
+        };
+        for (name, ..) in setups {
+            let Some(v) = per.get(name) else { continue };
+            let (rate, cpu, wire, p99) =
+                (m(v, |x| x.0), m(v, |x| x.1), m(v, |x| x.2), m(v, |x| x.3));
+            md.push_str(&format!(
+                "| {label} | {name} | {rate:.0} | {cpu:.2} | {wire:.0} | {p99:.0} |\n"
+            ));
+            rows.push(json!({"case": label, "size": size, "server": name, "msgs_per_sec": rate, "server_cpu_us_per_msg": cpu, "wire_bytes_per_msg": wire, "p99_us": p99}));
+        }
+        if let (Some(w), Some(y), Some(off)) = (
+            per.get("wsgate, deflate (stateless)"),
+            per.get("yawc, deflate"),
+            per.get("wsgate, not compressed"),
+        ) {
+            ratio_md.push_str(&format!(
+                "| {label} | {:.2} | {:.2} | {:.2} |\n",
+                m(w, |x| x.0) / m(y, |x| x.0).max(1e-9),
+                m(y, |x| x.1) / m(w, |x| x.1).max(1e-9),
+                m(w, |x| x.2) / m(off, |x| x.2).max(1e-9),
+            ));
+        }
+    }
+    Ok((
+        format!("### Compression (permessage-deflate echo, one message in flight per connection)\n\n{md}\n### Compression ratios (same run)\n\n{ratio_md}"),
         json!(rows),
     ))
 }

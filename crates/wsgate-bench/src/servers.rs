@@ -63,6 +63,10 @@ level = "warn"
 path = "/ws/echo"
 kind = "echo"
 [[route]]
+path = "/ws/echo-contextual"
+kind = "echo"
+compression = "contextual"
+[[route]]
 path = "/ws/chat/{{room}}"
 kind = "channel"
 [[route]]

@@ -49,6 +49,8 @@ pub struct Header {
     pub opcode: OpCode,
     /// The masking key; clients must mask (§5.1).
     pub mask: Option<[u8; 4]>,
+    /// RSV1: with permessage-deflate, the first frame of a compressed message.
+    pub rsv1: bool,
     /// Bytes of header before the payload.
     pub header_len: usize,
     /// Bytes of payload.
@@ -76,20 +78,32 @@ pub enum Parsed {
 /// Parses the frame header at the start of `buf`, as a server reading a client: frames must be
 /// masked, no extension is negotiated (so RSV bits must be 0), and no frame may exceed `max_frame`.
 pub fn parse_client_frame(buf: &[u8], max_frame: usize) -> Parsed {
-    parse_frame(buf, max_frame, true)
+    parse_frame(buf, max_frame, true, false)
+}
+
+/// [`parse_client_frame`] on a connection that negotiated permessage-deflate: RSV1 may mark the
+/// first frame of a data message (RFC 7692 §6), never a continuation or a control frame.
+pub fn parse_client_frame_deflate(buf: &[u8], max_frame: usize) -> Parsed {
+    parse_frame(buf, max_frame, true, true)
 }
 
 /// Parses the frame header at the start of `buf`, as a client reading a server (the proxy
 /// reading its upstream): the same rules, except that server frames must not be masked.
 pub fn parse_server_frame(buf: &[u8], max_frame: usize) -> Parsed {
-    parse_frame(buf, max_frame, false)
+    parse_frame(buf, max_frame, false, false)
 }
 
-fn parse_frame(buf: &[u8], max_frame: usize, from_client: bool) -> Parsed {
+/// [`parse_server_frame`] on a connection that negotiated permessage-deflate.
+pub fn parse_server_frame_deflate(buf: &[u8], max_frame: usize) -> Parsed {
+    parse_frame(buf, max_frame, false, true)
+}
+
+fn parse_frame(buf: &[u8], max_frame: usize, from_client: bool, deflate: bool) -> Parsed {
     let [b0, b1, ..] = *buf else {
         return Parsed::Incomplete;
     };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Parsed::Invalid(1002, "reserved bits set without a negotiated extension");
     }
     let opcode = match b0 & 0x0F {
@@ -101,6 +115,9 @@ fn parse_frame(buf: &[u8], max_frame: usize, from_client: bool) -> Parsed {
         0xA => OpCode::Pong,
         _ => return Parsed::Invalid(1002, "reserved opcode"),
     };
+    if rsv1 && (opcode == OpCode::Continuation || opcode.is_control()) {
+        return Parsed::Invalid(1002, "RSV1 (compressed) on a continuation or control frame");
+    }
     let fin = b0 & 0x80 != 0;
     let masked = b1 & 0x80 != 0;
     if from_client && !masked {
@@ -153,6 +170,7 @@ fn parse_frame(buf: &[u8], max_frame: usize, from_client: bool) -> Parsed {
         fin,
         opcode,
         mask,
+        rsv1,
         header_len: at,
         payload_len,
     })
@@ -257,6 +275,25 @@ mod tests {
             assert_eq!(
                 parse_client_frame(&full[..cut], 1 << 20),
                 Parsed::Incomplete
+            );
+        }
+    }
+
+    #[test]
+    fn rsv1_marks_the_first_frame_of_a_compressed_message_only() {
+        let deflate = |buf: &[u8]| parse_client_frame_deflate(buf, 100);
+        match deflate(&masked(0xC2, &[1])) {
+            Parsed::Header(h) => assert!(h.rsv1 && h.opcode == OpCode::Binary),
+            other => panic!("{other:?}"),
+        }
+        match deflate(&masked(0x82, &[1])) {
+            Parsed::Header(h) => assert!(!h.rsv1),
+            other => panic!("{other:?}"),
+        }
+        for b0 in [0xC0, 0xC9, 0xCA, 0xC8, 0xA2, 0x92] {
+            assert!(
+                matches!(deflate(&masked(b0, &[0])), Parsed::Invalid(1002, _)),
+                "{b0:#x}"
             );
         }
     }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod deflate;
 pub mod endpoint;
 pub mod frame;
 

@@ -103,8 +103,18 @@ pub(crate) async fn handle(
             } else {
                 subprotocol.iter().cloned().collect()
             };
+            let extensions = match route.compression {
+                wsgate_handshake::deflate::Mode::Off => None,
+                _ => wsgate_handshake::deflate::forwarded_offers(
+                    req.headers()
+                        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                ),
+            };
             let fwd = proxy::Forward {
                 subprotocols: &upstream_offer,
+                extensions,
                 headers: upstream_headers(req.headers(), &route.forward_headers, &identity),
                 client,
                 request_id: &request_id,
@@ -121,8 +131,28 @@ pub(crate) async fn handle(
         _ => None,
     };
 
-    let resp = response::switching_protocols(&accept, subprotocol.as_deref(), &request_id);
-    let work = work(shared, route_idx, route, &path, upstream);
+    // permessage-deflate on echo and channel routes: the first offer this route can honour.
+    let deflate = match route.kind {
+        RouteKind::Proxy => None,
+        _ => wsgate_handshake::deflate::negotiate(
+            req.headers()
+                .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            route.compression,
+        ),
+    };
+    let extensions = match &upstream {
+        Some(up) => up.extensions.clone(),
+        None => deflate.map(|a| a.header()),
+    };
+    let resp = response::switching_protocols(
+        &accept,
+        subprotocol.as_deref(),
+        extensions.as_deref(),
+        &request_id,
+    );
+    let work = work(shared, route_idx, route, &path, upstream, deflate);
     // For the closing log line; one small box rather than three fields in every idle task.
     let about = Box::new(About {
         peer: ctx.peer,
@@ -153,7 +183,11 @@ pub(crate) async fn handle(
                 } = *w;
                 // Boxed: the relay's state is large and would otherwise size every
                 // connection's task, echo and channel ones included.
-                Box::pin(relay::relay(upgraded, up.io, limits, metrics, shutdown)).await
+                let deflate = up.extensions.is_some();
+                Box::pin(relay::relay(
+                    upgraded, up.io, deflate, limits, metrics, shutdown,
+                ))
+                .await
             }
             Work::Nothing => {}
         }
@@ -274,6 +308,7 @@ fn work(
     route: &crate::config::Route,
     path: &str,
     upstream: Option<proxy::UpstreamConn>,
+    deflate: Option<wsgate_handshake::deflate::Agreement>,
 ) -> Work {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let limits = shared.conn_limits.clone();
@@ -291,6 +326,7 @@ fn work(
     match (local, upstream) {
         (Some(local), _) => Work::Local(Box::new(ws::Params {
             local,
+            deflate,
             conn_id,
             limits,
             metrics,

@@ -19,9 +19,13 @@ use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use wsgate_handshake::frame::{write_server_header, OpCode, MAX_SERVER_HEADER};
+use wsgate_handshake::deflate::{compress_message, MIN_COMPRESS};
+use wsgate_handshake::frame::{
+    parse_server_frame, write_server_header, OpCode, Parsed, MAX_SERVER_HEADER,
+};
 
 /// Messages a member may fall behind the newest before it is closed as too slow.
 pub const MAX_LAG_MESSAGES: u64 = 1024;
@@ -50,6 +54,9 @@ fn push_snug<T>(v: &mut Vec<T>, item: T) {
 struct Entry {
     /// Complete server frames, back to back, written as they are by every member.
     frames: Bytes,
+    /// The same messages for members with permessage-deflate (RSV1 frames, the short ones as
+    /// they are), compressed once for all of them; present while the room has such members.
+    compressed: Option<Bytes>,
     /// The publishing connection, so `deliver_to_sender = false` can skip it.
     from: u64,
     /// Messages in `frames`.
@@ -143,6 +150,8 @@ pub(crate) struct Room {
     log: Mutex<Log>,
     /// Where local publishes also go, on a clustered node.
     cluster: Option<Cluster>,
+    /// Members that take compressed frames: while there are any, publishes compress once.
+    deflate_members: AtomicUsize,
 }
 
 impl Room {
@@ -169,6 +178,8 @@ pub struct Membership {
     room: Arc<Room>,
     slot: usize,
     id: u64,
+    /// Takes the compressed frames (permessage-deflate, stateless, 15-bit window).
+    deflate: bool,
 }
 
 /// What [`Membership::take`] found.
@@ -195,6 +206,10 @@ struct Staged {
     to: Option<(Arc<Room>, u64)>,
     /// This thread's serialisation buffer: staged frames at its start, spare room after.
     buf: BytesMut,
+    /// Whether this batch is also compressed (its room had deflate members when it started).
+    compress: bool,
+    /// The batch's compressed frames.
+    zbuf: BytesMut,
     messages: u64,
     payload_bytes: u64,
 }
@@ -205,6 +220,51 @@ thread_local! {
     static TO_WAKE: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
     /// What this thread's connection is publishing, appended to the room at the end of its read.
     static STAGED: RefCell<Staged> = RefCell::new(Staged::default());
+    /// One message compressed, before its frame is written into the batch.
+    static PACKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes `payload` as a frame into `out`: compressed (RSV1) when it is long enough.
+fn put_compressed(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    if payload.len() < MIN_COMPRESS {
+        let n = write_server_header(&mut header, opcode, payload.len());
+        out.extend_from_slice(&header[..n]);
+        out.extend_from_slice(payload);
+        return;
+    }
+    PACKED.with(|p| {
+        let mut spare = Vec::new();
+        let mut p = p.try_borrow_mut();
+        let packed = match &mut p {
+            Ok(v) => &mut **v,
+            Err(_) => &mut spare,
+        };
+        packed.clear();
+        compress_message(payload, 15, packed);
+        let n = write_server_header(&mut header, opcode, packed.len());
+        header[0] |= 0x40;
+        out.extend_from_slice(&header[..n]);
+        out.extend_from_slice(packed);
+        if packed.capacity() > 1 << 20 {
+            *packed = Vec::new();
+        }
+    });
+}
+
+/// The compressed form of serialised frames (another node's publish): each frame's payload
+/// compressed once for the room's deflate members.
+fn compress_frames(frames: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(frames.len() / 2 + 64);
+    let mut pos = 0;
+    while let Parsed::Header(h) = parse_server_frame(&frames[pos..], usize::MAX) {
+        let Some(payload) = frames.get(pos + h.header_len..pos + h.frame_len()) else {
+            break;
+        };
+        put_compressed(&mut out, h.opcode, payload);
+        pos += h.frame_len();
+    }
+    out.freeze()
 }
 
 impl Hub {
@@ -222,6 +282,11 @@ impl Hub {
     /// Joins (creating if needed) the room `key` as connection `id` (not 0). A member receives
     /// what is published after it joined.
     pub fn join(self: &Arc<Hub>, key: String, id: u64) -> Membership {
+        self.join_with(key, id, false)
+    }
+
+    /// [`Hub::join`] for a member that takes compressed frames (`deflate`).
+    pub fn join_with(self: &Arc<Hub>, key: String, id: u64, deflate: bool) -> Membership {
         // Joining under the hub lock means a room cannot be removed between lookup and joining.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = match rooms.get(&key) {
@@ -232,6 +297,7 @@ impl Hub {
                     key: key.clone(),
                     log: Mutex::default(),
                     cluster: self.cluster.clone(),
+                    deflate_members: AtomicUsize::new(0),
                 });
                 if let Some(c) = &self.cluster {
                     c.send(Command::Subscribe(key.clone(), Arc::downgrade(&r)));
@@ -241,6 +307,9 @@ impl Hub {
             }
         };
         self.member_gauge.inc();
+        if deflate {
+            room.deflate_members.fetch_add(1, Ordering::Relaxed);
+        }
         let slot = {
             let mut log = room.lock();
             let cursor = log.head();
@@ -267,6 +336,7 @@ impl Hub {
             room,
             slot,
             id,
+            deflate,
         }
     }
 
@@ -278,11 +348,20 @@ impl Hub {
 
 /// Appends what another node published to the local room (`from` 0 is no local connection).
 pub(crate) fn append_remote(room: &Room, frames: Bytes, messages: u64, payload_bytes: u64) {
-    append(room, 0, frames, messages, payload_bytes);
+    let compressed =
+        (room.deflate_members.load(Ordering::Relaxed) > 0).then(|| compress_frames(&frames));
+    append(room, 0, frames, compressed, messages, payload_bytes);
 }
 
 /// Appends staged messages to their room and wakes the members that were asleep.
-fn append(room: &Room, from: u64, frames: Bytes, messages: u64, payload_bytes: u64) {
+fn append(
+    room: &Room,
+    from: u64,
+    frames: Bytes,
+    compressed: Option<Bytes>,
+    messages: u64,
+    payload_bytes: u64,
+) {
     TO_WAKE.with(|to_wake| {
         let mut spare = Vec::new();
         let mut to_wake = to_wake.try_borrow_mut();
@@ -298,6 +377,7 @@ fn append(room: &Room, from: u64, frames: Bytes, messages: u64, payload_bytes: u
             log.published_messages += messages;
             log.entries.push_back(Entry {
                 frames,
+                compressed,
                 from,
                 messages,
                 payload_bytes,
@@ -326,6 +406,7 @@ impl Staged {
     fn publish(&mut self) {
         if let Some((room, from)) = self.to.take() {
             let frames = self.buf.split().freeze();
+            let compressed = std::mem::take(&mut self.compress).then(|| self.zbuf.split().freeze());
             let (messages, bytes) = (self.messages, self.payload_bytes);
             self.messages = 0;
             self.payload_bytes = 0;
@@ -333,7 +414,7 @@ impl Staged {
                 let envelope = c.envelope(&frames, messages, bytes);
                 c.send(Command::Publish(room.key.clone(), envelope, messages));
             }
-            append(&room, from, frames, messages, bytes);
+            append(&room, from, frames, compressed, messages, bytes);
         }
     }
 }
@@ -348,7 +429,20 @@ impl Membership {
             let Ok(mut st) = staged.try_borrow_mut() else {
                 // Not reachable (nothing re-enters here); publish on its own rather than lose it.
                 let frame = crate::out::frame_bytes(opcode, payload);
-                append(&self.room, self.id, frame, 1, payload.len() as u64);
+                let compressed =
+                    (self.room.deflate_members.load(Ordering::Relaxed) > 0).then(|| {
+                        let mut z = BytesMut::new();
+                        put_compressed(&mut z, opcode, payload);
+                        z.freeze()
+                    });
+                append(
+                    &self.room,
+                    self.id,
+                    frame,
+                    compressed,
+                    1,
+                    payload.len() as u64,
+                );
                 return;
             };
             let mine =
@@ -356,6 +450,7 @@ impl Membership {
             if !mine {
                 st.publish();
                 st.to = Some((self.room.clone(), self.id));
+                st.compress = self.room.deflate_members.load(Ordering::Relaxed) > 0;
             }
             let len = n + payload.len();
             if st.buf.capacity() - st.buf.len() < len {
@@ -363,11 +458,17 @@ impl Membership {
                     // The chunk is full: what it holds goes out first.
                     st.publish();
                     st.to = Some((self.room.clone(), self.id));
+                    st.compress = self.room.deflate_members.load(Ordering::Relaxed) > 0;
                 }
                 st.buf = BytesMut::with_capacity(len.max(STAGING_CHUNK));
             }
             st.buf.extend_from_slice(&header[..n]);
             st.buf.extend_from_slice(payload);
+            if st.compress {
+                // Reserved, never replaced: the batch's earlier frames are in it.
+                st.zbuf.reserve(len.max(STAGING_CHUNK) + 64);
+                put_compressed(&mut st.zbuf, opcode, payload);
+            }
             st.messages += 1;
             st.payload_bytes += payload.len() as u64;
         });
@@ -407,7 +508,11 @@ impl Membership {
             .range((cursor - base) as usize..(end - base) as usize)
         {
             if own || e.from != self.id {
-                out.push(e.frames.clone());
+                let frames = match (&e.compressed, self.deflate) {
+                    (Some(z), true) => z,
+                    _ => &e.frames,
+                };
+                out.push(frames.clone());
                 messages += e.messages;
                 bytes += e.payload_bytes;
             }
@@ -465,6 +570,9 @@ impl Drop for Membership {
     fn drop(&mut self) {
         // What this connection staged but had not appended yet still goes out.
         self.flush();
+        if self.deflate {
+            self.room.deflate_members.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut rooms = self.hub.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let empty = {
             let mut log = self.room.lock();
@@ -543,6 +651,46 @@ mod tests {
         assert!(take_all(&c, &w, true).unwrap().is_empty());
         assert_eq!(take_all(&a, &w, false).unwrap().len(), 0);
         assert_eq!(hub.room_count(), 2);
+    }
+
+    #[test]
+    fn deflate_members_share_one_compressed_frame_and_the_others_get_plain_ones() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.join("r".into(), 1);
+        let (z1, z2) = (
+            hub.join_with("r".into(), 2, true),
+            hub.join_with("r".into(), 3, true),
+        );
+        let plain = hub.join("r".into(), 4);
+        let (_, w) = waker();
+        let long = br#"{"text":"hello hello hello hello hello hello hello hello hello"}"#.repeat(4);
+        publisher.stage(OpCode::Text, &long);
+        publisher.stage(OpCode::Text, b"short");
+        publisher.flush();
+        let (a, b) = (
+            take_all(&z1, &w, true).unwrap(),
+            take_all(&z2, &w, true).unwrap(),
+        );
+        assert_eq!(a[0].as_ptr(), b[0].as_ptr(), "compressed once for both");
+        assert_eq!(a[0][0], 0xC1, "RSV1 on the long message");
+        let short_at = a[0].len() - 7;
+        assert_eq!(
+            &a[0][short_at..],
+            b"\x81\x05short",
+            "the short one as it is"
+        );
+        assert!(a[0].len() < long.len() / 2);
+        let p = take_all(&plain, &w, true).unwrap();
+        assert_eq!(p[0][0], 0x81);
+        assert_eq!(p[0].len(), 4 + long.len() + 7);
+        // Without deflate members, nothing is compressed.
+        drop((z1, z2));
+        publisher.publish(OpCode::Text, &long);
+        let mut out = Vec::new();
+        let _ = plain.take(&w, &mut out, 64, true);
+        assert_eq!(out[0][0], 0x81);
+        let log = publisher.room.lock();
+        assert!(log.entries.back().is_some_and(|e| e.compressed.is_none()));
     }
 
     #[test]

@@ -37,8 +37,16 @@ pub(crate) fn poll_write_slices<IO: AsyncWrite + Unpin>(
 /// One complete, unmasked server frame in its own buffer: for queued output and broadcasts,
 /// which outlive the read they came from.
 pub fn frame_bytes(opcode: OpCode, payload: &[u8]) -> Bytes {
+    frame_bytes_rsv1(opcode, payload, false)
+}
+
+/// [`frame_bytes`] with RSV1 set when `compressed` (permessage-deflate).
+pub fn frame_bytes_rsv1(opcode: OpCode, payload: &[u8], compressed: bool) -> Bytes {
     let mut header = [0u8; MAX_SERVER_HEADER];
     let n = write_server_header(&mut header, opcode, payload.len());
+    if compressed {
+        header[0] |= 0x40;
+    }
     let mut b = BytesMut::with_capacity(n + payload.len());
     b.extend_from_slice(&header[..n]);
     b.extend_from_slice(payload);

@@ -19,12 +19,17 @@ pub struct UpstreamConn {
     pub io: Upgraded,
     /// The subprotocol the upstream chose (always one the client offered).
     pub subprotocol: Option<String>,
+    /// The upstream's permessage-deflate answer, given to the client as it is (always to an
+    /// offer the client made).
+    pub extensions: Option<String>,
 }
 
 /// What the client's handshake contributes to the upstream's.
 pub struct Forward<'a> {
     /// Subprotocols the client offered, to offer upstream in the same order.
     pub subprotocols: &'a [String],
+    /// The client's permessage-deflate offers, to make upstream (none: offer nothing).
+    pub extensions: Option<String>,
     /// Headers copied from the client (the route's `forward_headers`).
     pub headers: HeaderMap,
     /// The client's address (as the firewall judged it), sent as `X-Forwarded-For`.
@@ -119,6 +124,13 @@ where
             h.insert(SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
+    if let Some(v) = fwd
+        .extensions
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
     if let Ok(v) = HeaderValue::from_str(&fwd.client.to_string()) {
         h.insert("x-forwarded-for", v);
     }
@@ -156,15 +168,31 @@ where
             up.url
         )));
     }
-    if resp
+    let answers: Vec<&str> = resp
         .headers()
-        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
-    {
-        return Err(refused(format!(
-            "upstream {} negotiated an extension that was not offered",
-            up.url
-        )));
-    }
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let extensions = match (&fwd.extensions, answers.as_slice()) {
+        (_, []) => None,
+        (Some(offered), _) => {
+            let answer = answers.join(", ");
+            wsgate_handshake::deflate::check_answer(&answer, offered).map_err(|why| {
+                refused(format!(
+                    "upstream {} answered permessage-deflate wrongly: {why}",
+                    up.url
+                ))
+            })?;
+            Some(answer)
+        }
+        (None, _) => {
+            return Err(refused(format!(
+                "upstream {} negotiated an extension that was not offered",
+                up.url
+            )))
+        }
+    };
     let subprotocol = match resp
         .headers()
         .get(SEC_WEBSOCKET_PROTOCOL)
@@ -185,5 +213,6 @@ where
     Ok(UpstreamConn {
         io: upgraded,
         subprotocol,
+        extensions,
     })
 }

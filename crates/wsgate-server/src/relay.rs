@@ -30,7 +30,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant, Sleep};
 use wsgate_handshake::frame::{
-    client_frame, close_code_allowed, parse_client_frame, parse_server_frame, OpCode, Parsed,
+    client_frame, close_code_allowed, parse_client_frame, parse_client_frame_deflate,
+    parse_server_frame, parse_server_frame_deflate, OpCode, Parsed,
 };
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -108,6 +109,9 @@ enum Check {
 struct Frames {
     /// Client to upstream (frames must be masked) or upstream to client (must not be).
     from_client: bool,
+    /// Both ends agreed permessage-deflate: RSV1 marks a compressed message, which passes as
+    /// it is (its text is checked by the endpoint that inflates it).
+    deflate: bool,
     max_frame: usize,
     /// Payload bytes of the current frame still to pass.
     left: u64,
@@ -125,6 +129,8 @@ struct Frames {
     seen: u64,
     /// The data message in progress is text.
     text: bool,
+    /// The data message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
     utf8: Utf8,
     /// A close frame's payload (at most 125 bytes), unmasked.
     close: [u8; 125],
@@ -147,9 +153,15 @@ struct Scan {
 }
 
 impl Frames {
+    #[cfg(test)]
     fn new(from_client: bool, max_frame: usize) -> Self {
+        Frames::with_deflate(from_client, max_frame, false)
+    }
+
+    fn with_deflate(from_client: bool, max_frame: usize, deflate: bool) -> Self {
         Frames {
             from_client,
+            deflate,
             max_frame,
             left: 0,
             head: [0; MAX_HEADER],
@@ -160,6 +172,7 @@ impl Frames {
             mask: None,
             seen: 0,
             text: false,
+            compressed: false,
             utf8: Utf8::default(),
             close: [0; 125],
             close_len: 0,
@@ -273,10 +286,12 @@ impl Frames {
             let held = self.head_len;
             let take = (MAX_HEADER - held).min(chunk.len() - pos);
             self.head[held..held + take].copy_from_slice(&chunk[pos..pos + take]);
-            let parsed = if self.from_client {
-                parse_client_frame(&self.head[..held + take], self.max_frame)
-            } else {
-                parse_server_frame(&self.head[..held + take], self.max_frame)
+            let head = &self.head[..held + take];
+            let parsed = match (self.from_client, self.deflate) {
+                (true, false) => parse_client_frame(head, self.max_frame),
+                (true, true) => parse_client_frame_deflate(head, self.max_frame),
+                (false, false) => parse_server_frame(head, self.max_frame),
+                (false, true) => parse_server_frame_deflate(head, self.max_frame),
             };
             let h = match parsed {
                 Parsed::Incomplete => {
@@ -326,8 +341,9 @@ impl Frames {
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                     if h.opcode != OpCode::Continuation {
                         self.text = h.opcode == OpCode::Text;
+                        self.compressed = h.rsv1;
                     }
-                    if self.text {
+                    if self.text && !self.compressed {
                         Check::Text { fin: h.fin }
                     } else {
                         Check::Nothing
@@ -693,6 +709,7 @@ impl Watch {
 pub async fn relay(
     client: Upgraded,
     upstream: Upgraded,
+    deflate: bool,
     limits: RelayLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -700,8 +717,8 @@ pub async fn relay(
     let mut relay = Relay {
         client: Stream::new(client),
         upstream: Stream::new(upstream),
-        up: Frames::new(true, limits.max_frame),
-        down: Frames::new(false, usize::MAX),
+        up: Frames::with_deflate(true, limits.max_frame, deflate),
+        down: Frames::with_deflate(false, usize::MAX, deflate),
         to_upstream: OutQueue::default(),
         to_client: OutQueue::default(),
         metrics,

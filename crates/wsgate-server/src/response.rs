@@ -112,6 +112,7 @@ impl LogLimiter {
 pub fn switching_protocols(
     accept: &str,
     subprotocol: Option<&str>,
+    extensions: Option<&str>,
     request_id: &str,
 ) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -124,6 +125,9 @@ pub fn switching_protocols(
     }
     if let Some(p) = subprotocol.and_then(|p| HeaderValue::from_str(p).ok()) {
         h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(e) = extensions.and_then(|e| HeaderValue::from_str(e).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(REQUEST_ID_HEADER, v);

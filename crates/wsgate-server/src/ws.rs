@@ -13,7 +13,7 @@
 
 use crate::hub::{Hub, Membership, Take};
 use crate::metrics::Metrics;
-use crate::out::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
+use crate::out::{frame_bytes, frame_bytes_rsv1, stopped, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -26,8 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::unconstrained;
 use tokio::time::{sleep_until, timeout, Instant};
+use wsgate_handshake::deflate::{self, Agreement, Deflater, InflateError, Inflater, MIN_COMPRESS};
 use wsgate_handshake::frame::{
-    close_code_allowed, parse_client_frame, write_server_header, OpCode, Parsed, MAX_SERVER_HEADER,
+    close_code_allowed, parse_client_frame, parse_client_frame_deflate, write_server_header,
+    OpCode, Parsed, MAX_SERVER_HEADER,
 };
 
 /// Broadcast frames a channel member takes from its room per write (one `writev`).
@@ -39,6 +41,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const LARGE_PAYLOAD: usize = 2048;
 /// Reads per wake-up before yielding to other connections.
 const READS_PER_POLL: usize = 16;
+/// A worker thread keeps its inflate and deflate buffers up to this size between messages.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// The buffers of one worker thread: connections borrow them only for one read and the
 /// synchronous processing of what it brought. One thread-local, so one lookup per read.
@@ -56,6 +60,91 @@ thread_local! {
     });
     /// Broadcast frames a member took from its room, held only until they are written.
     static TAKEN: RefCell<Vec<Bytes>> = RefCell::new(Vec::with_capacity(FRAMES_PER_WRITE));
+    /// A compressed message inflated, held only while it is answered.
+    static INFLATED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A message compressed for sending, held only while it is written or queued.
+    static DEFLATED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with one of this thread's buffers, emptied, and trims it afterwards so one huge
+/// message does not pin its size for the thread's life.
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<u8>>>,
+    f: impl FnOnce(&mut Vec<u8>) -> R,
+) -> R {
+    key.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => {
+            b.clear();
+            let r = f(&mut b);
+            if b.capacity() > KEEP_BUFFER {
+                *b = Vec::new();
+            } else {
+                b.clear();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// What fail-fast UTF-8 checking knows of an incomplete text frame: payload bytes checked, and
+/// the unfinished sequence at their end.
+#[derive(Default, Clone, Copy)]
+struct PartialUtf8 {
+    checked: usize,
+    tail: [u8; 3],
+    tail_len: u8,
+}
+
+/// A connection's permessage-deflate: what was agreed, and in contextual mode the compressor and
+/// inflater whose windows last from message to message (boxed, made at first use).
+struct Compressing {
+    agreement: Agreement,
+    kept: Option<Box<Kept>>,
+}
+
+#[derive(Default)]
+struct Kept {
+    deflater: Option<Deflater>,
+    inflater: Option<Inflater>,
+}
+
+impl Compressing {
+    /// Inflates a message into `out` (at most `max` bytes): with the thread's inflater when
+    /// the client starts each message afresh, else with this connection's.
+    fn inflate(&mut self, payload: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), End> {
+        let r = if self.agreement.client_no_context_takeover {
+            deflate::inflate_message(payload, max, out)
+        } else {
+            let kept = self.kept.get_or_insert_with(Box::default);
+            kept.inflater
+                .get_or_insert_with(Inflater::new)
+                .inflate(payload, max, out)
+        };
+        r.map_err(|e| match e {
+            InflateError::TooBig => End::Fail(
+                1009,
+                format!("compressed message inflates past the limit of {max} bytes"),
+            ),
+            InflateError::Corrupt(why) => End::Fail(
+                1007,
+                format!("compressed message is not valid deflate data: {why}"),
+            ),
+        })
+    }
+
+    /// Compresses a message into `out`.
+    fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        let bits = self.agreement.compressor_bits();
+        if self.agreement.server_no_context_takeover {
+            deflate::compress_message(payload, bits, out);
+        } else {
+            let kept = self.kept.get_or_insert_with(Box::default);
+            kept.deflater
+                .get_or_insert_with(|| Deflater::new(bits))
+                .compress(payload, out);
+        }
+    }
 }
 
 /// Per-connection protocol limits, copied from the configuration.
@@ -96,11 +185,16 @@ pub enum Local {
 pub struct Assembler {
     /// Largest message, in bytes.
     pub max: usize,
-    partial: Option<Partial>,
+    /// Boxed: it exists only while a fragmented message arrives, and every idle connection
+    /// would otherwise carry its size.
+    partial: Option<Box<Partial>>,
 }
 
 struct Partial {
     opcode: OpCode,
+    /// permessage-deflate: the message is compressed (RSV1 on its first frame); UTF-8 is
+    /// checked once it is inflated.
+    compressed: bool,
     buf: BytesMut,
     /// Length of the prefix of `buf` known to be valid UTF-8 (text only).
     valid: usize,
@@ -113,6 +207,8 @@ pub struct Message {
     pub opcode: OpCode,
     /// Its payload.
     pub payload: BytesMut,
+    /// Whether the payload is still compressed (permessage-deflate).
+    pub compressed: bool,
 }
 
 impl Assembler {
@@ -126,11 +222,31 @@ impl Assembler {
         self.partial.is_some()
     }
 
+    /// For an uncompressed text message in progress, the end of what it holds that is not a
+    /// whole UTF-8 sequence yet (at most 3 bytes); `None` when no such message is in progress.
+    pub fn text_tail(&self) -> Option<&[u8]> {
+        match &self.partial {
+            Some(p) if p.opcode == OpCode::Text && !p.compressed => p.buf.get(p.valid..),
+            _ => None,
+        }
+    }
+
     /// Feeds a data frame; returns a message when one is complete, or the close to send.
     pub fn push(
         &mut self,
         fin: bool,
         opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<Option<Message>, (u16, String)> {
+        self.push_frame(fin, opcode, false, payload)
+    }
+
+    /// [`Assembler::push`] for a frame whose RSV1 says its message is compressed.
+    pub fn push_frame(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        compressed: bool,
         payload: &[u8],
     ) -> Result<Option<Message>, (u16, String)> {
         let too_big = |n: usize, max: usize| {
@@ -150,11 +266,12 @@ impl Assembler {
                 if payload.len() > self.max {
                     return Err(too_big(payload.len(), self.max));
                 }
-                let mut p = Partial {
+                let mut p = Box::new(Partial {
                     opcode,
+                    compressed,
                     buf: BytesMut::from(payload),
                     valid: 0,
-                };
+                });
                 p.check_utf8()?;
                 if fin {
                     return p.finish().map(Some);
@@ -191,7 +308,7 @@ impl Partial {
     /// Validates the bytes added since the last call; an incomplete sequence at the end may still
     /// be completed by the next fragment.
     fn check_utf8(&mut self) -> Result<(), (u16, String)> {
-        if self.opcode != OpCode::Text {
+        if self.opcode != OpCode::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.buf[self.valid..]) {
@@ -203,12 +320,13 @@ impl Partial {
     }
 
     fn finish(self) -> Result<Message, (u16, String)> {
-        if self.opcode == OpCode::Text && self.valid != self.buf.len() {
+        if self.opcode == OpCode::Text && !self.compressed && self.valid != self.buf.len() {
             return Err((1007, "text message ends inside a UTF-8 sequence".into()));
         }
         Ok(Message {
             opcode: self.opcode,
             payload: self.buf,
+            compressed: self.compressed,
         })
     }
 }
@@ -268,6 +386,10 @@ struct Conn<IO> {
     asm: Assembler,
     out: OutQueue,
     channel: Option<Channel>,
+    /// permessage-deflate, when negotiated.
+    compressing: Option<Compressing>,
+    /// How much of an incomplete text frame's payload was already found to be valid UTF-8.
+    partial_utf8: PartialUtf8,
     conn_id: u64,
     /// Largest frame accepted (the message limit lives in `asm`).
     max_frame: usize,
@@ -298,10 +420,43 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         opcode: OpCode,
         payload: &[u8],
     ) -> Result<(), End> {
+        self.emit_frame(cx, sink, opcode, false, payload)
+    }
+
+    /// A data message, compressed first when permessage-deflate was agreed and it is not tiny.
+    fn emit_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &mut Sink<'_>,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<(), End> {
+        if self.compressing.is_none() || payload.len() < MIN_COMPRESS {
+            return self.emit_frame(cx, sink, opcode, false, payload);
+        }
+        with_buffer(&DEFLATED, |packed| {
+            if let Some(c) = self.compressing.as_mut() {
+                c.compress(payload, packed);
+            }
+            self.emit_frame(cx, sink, opcode, true, packed)
+        })
+    }
+
+    fn emit_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &mut Sink<'_>,
+        opcode: OpCode,
+        compressed: bool,
+        payload: &[u8],
+    ) -> Result<(), End> {
         let mut header = [0u8; MAX_SERVER_HEADER];
         let n = write_server_header(&mut header, opcode, payload.len());
+        if compressed {
+            header[0] |= 0x40;
+        }
         if !self.out.is_empty() {
-            self.out.push(frame_bytes(opcode, payload));
+            self.out.push(frame_bytes_rsv1(opcode, payload, compressed));
             return Ok(());
         }
         if payload.len() < LARGE_PAYLOAD {
@@ -368,13 +523,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         buf: &mut [u8],
     ) -> Result<usize, End> {
         let mut pos = 0;
+        let parse = if self.compressing.is_some() {
+            parse_client_frame_deflate
+        } else {
+            parse_client_frame
+        };
         loop {
-            let h = match parse_client_frame(&buf[pos..], self.max_frame) {
+            let h = match parse(&buf[pos..], self.max_frame) {
                 Parsed::Incomplete => return Ok(pos),
                 Parsed::Invalid(code, why) => return Err(End::Fail(code, why.into())),
                 Parsed::Header(h) => h,
             };
             if buf.len() - pos < h.frame_len() {
+                if let Some(arrived) = buf.get(pos + h.header_len..) {
+                    self.fail_fast_utf8(&h, arrived)?;
+                }
                 return Ok(pos);
             }
             let payload = &mut buf[pos + h.header_len..pos + h.frame_len()];
@@ -382,8 +545,67 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 fastwebsockets::unmask(payload, mask);
             }
             pos += h.frame_len();
-            self.on_frame(cx, sink, h.fin, h.opcode, payload)?;
+            self.partial_utf8 = PartialUtf8::default();
+            self.on_frame(cx, sink, h.fin, h.opcode, h.rsv1, payload)?;
         }
+    }
+
+    /// Checks the part of an incomplete text frame that has arrived, so invalid UTF-8 fails the
+    /// connection at once rather than when the frame (maybe megabytes) is complete (RFC 6455
+    /// §8.1 "fail fast"). Only what arrived since the last check is read: each byte once.
+    fn fail_fast_utf8(
+        &mut self,
+        h: &wsgate_handshake::frame::Header,
+        arrived: &[u8],
+    ) -> Result<(), End> {
+        if h.rsv1 {
+            return Ok(());
+        }
+        let carried: &[u8] = match h.opcode {
+            OpCode::Text => &[],
+            OpCode::Continuation => match self.asm.text_tail() {
+                Some(t) => t,
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let p = &mut self.partial_utf8;
+        let start = p.checked;
+        if arrived.len() <= start {
+            return Ok(());
+        }
+        let mask = h.mask.unwrap_or([0; 4]);
+        // At most 3 bytes of an unfinished sequence, then a chunk of unmasked payload.
+        let mut chunk = [0u8; 1027];
+        let mut held = if start == 0 {
+            chunk[..carried.len().min(3)].copy_from_slice(&carried[..carried.len().min(3)]);
+            carried.len().min(3)
+        } else {
+            chunk[..p.tail_len as usize].copy_from_slice(&p.tail[..p.tail_len as usize]);
+            p.tail_len as usize
+        };
+        let mut at = start;
+        while at < arrived.len() {
+            let n = (arrived.len() - at).min(1024);
+            for (i, b) in arrived[at..at + n].iter().enumerate() {
+                chunk[held + i] = b ^ mask[(at + i) % 4];
+            }
+            at += n;
+            let filled = held + n;
+            held = match std::str::from_utf8(&chunk[..filled]) {
+                Ok(_) => 0,
+                Err(e) if e.error_len().is_none() => {
+                    let rest = filled - e.valid_up_to();
+                    chunk.copy_within(e.valid_up_to()..filled, 0);
+                    rest
+                }
+                Err(_) => return Err(End::Fail(1007, "invalid UTF-8 in a text message".into())),
+            };
+        }
+        p.checked = arrived.len();
+        p.tail[..held].copy_from_slice(&chunk[..held]);
+        p.tail_len = held as u8;
+        Ok(())
     }
 
     fn on_frame(
@@ -392,6 +614,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         sink: &mut Sink<'_>,
         fin: bool,
         opcode: OpCode,
+        compressed: bool,
         payload: &[u8],
     ) -> Result<(), End> {
         if self.closing {
@@ -428,17 +651,45 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                         ),
                     ));
                 }
+                if compressed {
+                    return self.deliver_compressed(cx, sink, opcode, payload);
+                }
                 if opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
                     return Err(End::Fail(1007, "invalid UTF-8 in a text message".into()));
                 }
                 self.deliver(cx, sink, opcode, payload)
             }
-            _ => match self.asm.push(fin, opcode, payload) {
+            _ => match self.asm.push_frame(fin, opcode, compressed, payload) {
+                Ok(Some(m)) if m.compressed => {
+                    self.deliver_compressed(cx, sink, m.opcode, &m.payload)
+                }
                 Ok(Some(m)) => self.deliver(cx, sink, m.opcode, &m.payload),
                 Ok(None) => Ok(()),
                 Err((code, reason)) => Err(End::Fail(code, reason)),
             },
         }
+    }
+
+    /// A complete compressed message: inflated (bounded by the message limit), checked, then
+    /// delivered like any other.
+    fn deliver_compressed(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &mut Sink<'_>,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<(), End> {
+        let max = self.asm.max;
+        with_buffer(&INFLATED, |plain| {
+            match self.compressing.as_mut() {
+                Some(c) => c.inflate(payload, max, plain)?,
+                None => return Err(End::Fail(1002, "RSV1 without permessage-deflate".into())),
+            }
+            if opcode == OpCode::Text && simdutf8::basic::from_utf8(plain).is_err() {
+                return Err(End::Fail(1007, "invalid UTF-8 in a text message".into()));
+            }
+            self.deliver(cx, sink, opcode, plain)
+        })
     }
 
     /// A complete message: echoed, or published to the room.
@@ -453,7 +704,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         self.counts.bytes_in += payload.len() as u64;
         match &self.channel {
             None => {
-                self.emit(cx, sink, opcode, payload)?;
+                self.emit_message(cx, sink, opcode, payload)?;
                 self.counts.messages_out += 1;
                 self.counts.bytes_out += payload.len() as u64;
             }
@@ -532,7 +783,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Keeps the start of an incomplete frame, with room for all of it when its size is known.
     fn keep(&mut self, tail: &[u8]) {
-        let need = match parse_client_frame(tail, self.max_frame) {
+        let parse = if self.compressing.is_some() {
+            parse_client_frame_deflate
+        } else {
+            parse_client_frame
+        };
+        let need = match parse(tail, self.max_frame) {
             Parsed::Header(h) => h.frame_len(),
             _ => tail.len(),
         };
@@ -656,6 +912,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 pub struct Params {
     /// Echo or channel.
     pub local: Local,
+    /// permessage-deflate, when the handshake agreed it.
+    pub deflate: Option<Agreement>,
     /// Identifies the connection within its room.
     pub conn_id: u64,
     /// Size limits and timers, shared by every connection (a pointer, not a copy per
@@ -674,6 +932,7 @@ where
 {
     let Params {
         local,
+        deflate,
         conn_id,
         limits,
         metrics,
@@ -686,7 +945,13 @@ where
             room,
             deliver_to_sender,
         } => Some(Channel {
-            membership: hub.join(room, conn_id),
+            // A member shares the room's compressed frames when it agreed to what they are:
+            // each message on its own, with a 15-bit window. Others get the plain frames.
+            membership: hub.join_with(
+                room,
+                conn_id,
+                deflate.is_some_and(|a| a.server_no_context_takeover && a.compressor_bits() == 15),
+            ),
             deliver_to_sender,
         }),
     };
@@ -697,6 +962,11 @@ where
         asm: Assembler::new(limits.max_message),
         out: OutQueue::default(),
         channel,
+        partial_utf8: PartialUtf8::default(),
+        compressing: deflate.map(|agreement| Compressing {
+            agreement,
+            kept: None,
+        }),
         conn_id,
         max_frame: limits.max_frame,
         limits,
@@ -933,6 +1203,7 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::default());
         let params = Box::new(Params {
+            deflate: None,
             local: Local::Echo,
             conn_id: 1,
             limits: Arc::new(limits),

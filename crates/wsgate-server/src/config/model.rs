@@ -281,6 +281,8 @@ pub struct Route {
     pub subprotocol_required: bool,
     /// Channel routes: whether a publisher also receives its own messages.
     pub deliver_to_sender: bool,
+    /// Echo and channel routes: permessage-deflate (RFC 7692), stateless unless configured.
+    pub compression: wsgate_handshake::deflate::Mode,
     /// Proxy routes: where to relay to.
     pub upstream: Option<Upstream>,
     /// Proxy routes: request headers copied from the client to the upstream handshake.

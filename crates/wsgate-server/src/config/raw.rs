@@ -185,6 +185,7 @@ pub(super) struct RawRoute {
     #[serde(default)]
     pub(super) subprotocol_required: bool,
     pub(super) deliver_to_sender: Option<bool>,
+    pub(super) compression: Option<String>,
     pub(super) upstream: Option<String>,
     pub(super) upstream_ca: Option<PathBuf>,
     #[serde(default)]

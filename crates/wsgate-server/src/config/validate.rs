@@ -268,6 +268,32 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
                 }
             }
         }
+        use wsgate_handshake::deflate::Mode;
+        let compression = match (r.compression.as_deref(), r.kind) {
+            (Some("off"), _) => Mode::Off,
+            // A proxy passes the client's offers to the upstream and the answer back: the
+            // upstream decides, and the relay passes compressed frames as they are.
+            (None, _) | (Some("stateless"), _) => Mode::Stateless,
+            (Some("contextual"), RouteKind::Echo) => Mode::Contextual,
+            (Some("contextual"), RouteKind::Channel) => {
+                return Err(err(
+                    key("compression"),
+                    "channel routes compress each broadcast once for every member, which needs \"stateless\" (the default); \"contextual\" would compress it once per member".into(),
+                ))
+            }
+            (Some("contextual"), RouteKind::Proxy) => {
+                return Err(err(
+                    key("compression"),
+                    "on a proxy route the upstream compresses (the client's offer is passed to it): use \"off\" to offer nothing, or leave compression out".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(err(
+                    key("compression"),
+                    format!("{other:?}: use \"stateless\" (the default: no memory held while idle), \"contextual\" (better ratios, memory per connection) or \"off\""),
+                ))
+            }
+        };
         if r.kind != RouteKind::Channel && r.deliver_to_sender.is_some() {
             return Err(err(
                 key("deliver_to_sender"),
@@ -346,6 +372,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
             subprotocols: r.subprotocols,
             subprotocol_required: r.subprotocol_required,
             deliver_to_sender: r.deliver_to_sender.unwrap_or(true),
+            compression,
             upstream,
             forward_headers,
         });
