@@ -63,6 +63,10 @@ pub struct Server {
     admin: Option<TcpListener>,
     shutdown_tx: watch::Sender<bool>,
     reloaders: Vec<(usize, Arc<tls::CertReloader>)>,
+    /// SIGHUP, registered as soon as the server exists: its default action ends the process, and
+    /// an operator's `systemctl reload` must never drop connections.
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 /// What a listener turned out to be bound to, for the start-up banner.
@@ -201,7 +205,11 @@ impl Server {
         };
         let log_limiter =
             LogLimiter::new(config.logging.refusal_burst, config.logging.refusal_window);
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         Ok(Server {
+            #[cfg(unix)]
+            hup,
             shared: Arc::new(Shared {
                 config,
                 gate,
@@ -258,12 +266,12 @@ impl Server {
                 self.shared.clone(),
             )));
         }
-        if !self.reloaders.is_empty() {
-            accept_tasks.push(tokio::spawn(reload_loop(
-                self.reloaders,
-                self.shared.clone(),
-            )));
-        }
+        accept_tasks.push(tokio::spawn(reload_loop(
+            self.reloaders,
+            self.shared.clone(),
+            #[cfg(unix)]
+            self.hup,
+        )));
         stop.await;
         let drain = self.shared.config.limits.drain_timeout;
         tracing::info!(
@@ -288,10 +296,12 @@ impl Server {
 }
 
 /// Reloads listener certificates when their files change (checked every 2 s) or on SIGHUP; a bad
-/// new file is logged and the certificate in use is kept.
-async fn reload_loop(reloaders: Vec<(usize, Arc<tls::CertReloader>)>, shared: Arc<Shared>) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+/// new file is logged and the certificate in use is kept. SIGHUP never ends the process.
+async fn reload_loop(
+    reloaders: Vec<(usize, Arc<tls::CertReloader>)>,
+    shared: Arc<Shared>,
+    #[cfg(unix)] mut hup: Option<tokio::signal::unix::Signal>,
+) {
     loop {
         #[cfg(unix)]
         let forced = match hup.as_mut() {
@@ -309,6 +319,12 @@ async fn reload_loop(reloaders: Vec<(usize, Arc<tls::CertReloader>)>, shared: Ar
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             false
         };
+        if forced {
+            tracing::info!(
+                certificates = reloaders.len(),
+                "SIGHUP: TLS certificates re-read; the configuration file is read at start only; open connections are untouched"
+            );
+        }
         for (i, r) in &reloaders {
             let result = if forced {
                 Some(r.reload())

@@ -45,6 +45,16 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Print a shell completion script, e.g. `wsgate completions bash > /etc/bash_completion.d/wsgate`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff): wsgate.1 and one per subcommand (wsgate-serve.1, ...).
+    Man {
+        /// Directory to write them to, e.g. /usr/local/share/man/man1.
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -65,6 +75,21 @@ fn main() -> ExitCode {
         }
         Command::Passwd => passwd::passwd(),
         Command::Reasons { markdown } => reasons::reasons(markdown),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "wsgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            match clap_mangen::generate_to(Cli::command(), &out) {
+                Ok(()) => {
+                    println!("man pages written to {} (try: man -l {}/wsgate.1)", out.display(), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("cannot write the man pages to {}: {e}; does the directory exist and can you write there?", out.display())),
+            }
+        }
     }
 }
 
