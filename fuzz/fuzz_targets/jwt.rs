@@ -20,6 +20,7 @@ fn issuers() -> &'static [JwtIssuer] {
                 leeway: 30,
                 require_exp: true,
                 keys: vec![JwtKey::secret(Some("k1".into()), &[7u8; 32], hs).unwrap()],
+                remote: None,
             },
             JwtIssuer {
                 issuer: None,
@@ -27,6 +28,7 @@ fn issuers() -> &'static [JwtIssuer] {
                 leeway: 0,
                 require_exp: false,
                 keys: vec![JwtKey::public_pem(None, ec.public_key_pem().as_bytes(), es).unwrap()],
+                remote: None,
             },
         ]
     })

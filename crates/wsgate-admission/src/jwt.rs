@@ -61,6 +61,11 @@ fn one_family(algs: &[Algorithm]) -> Result<jsonwebtoken::AlgorithmFamily, Strin
 }
 
 impl JwtKey {
+    /// The key's id, which tokens name in their header's `kid`.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
     /// An HMAC secret; `algorithms` must all be HS*.
     pub fn secret(
         kid: Option<String>,
@@ -146,8 +151,86 @@ impl JwtKey {
     }
 }
 
+/// How long after asking for a refetch (a token named an unknown `kid`) another may be asked:
+/// tokens with made-up kids must not make the server hammer the identity provider.
+pub const REFETCH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An issuer's keys published at a URL (a JWKS, or the OpenID discovery document that names
+/// one), replaced whole by the server's fetcher at each refresh. Admission only reads them, and
+/// asks for a refetch when a token names a `kid` the set does not have.
+pub struct RemoteKeys {
+    /// The JWKS URL, or the issuer's discovery URL when `discovery` is set.
+    pub url: String,
+    /// `url` is an OpenID discovery document whose `jwks_uri` names the set.
+    pub discovery: bool,
+    /// A PEM CA file trusted besides the public roots, for the identity provider's TLS.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The last good set; `None` until one was loaded.
+    set: std::sync::RwLock<Option<std::sync::Arc<Vec<JwtKey>>>>,
+    /// A refetch was asked for and not yet done.
+    wanted: std::sync::atomic::AtomicBool,
+    /// When a refetch was last asked for.
+    last_wanted: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys")
+            .field("url", &self.url)
+            .field("discovery", &self.discovery)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteKeys {
+    /// Keys to be fetched from `url`; none are loaded yet.
+    pub fn new(url: String, discovery: bool, ca_file: Option<std::path::PathBuf>) -> RemoteKeys {
+        RemoteKeys {
+            url,
+            discovery,
+            ca_file,
+            set: std::sync::RwLock::new(None),
+            wanted: std::sync::atomic::AtomicBool::new(false),
+            last_wanted: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The set in use; `None` when none was ever loaded.
+    pub fn keys(&self) -> Option<std::sync::Arc<Vec<JwtKey>>> {
+        self.set.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Puts a freshly fetched set in use.
+    pub fn replace(&self, keys: Vec<JwtKey>) {
+        if let Ok(mut s) = self.set.write() {
+            *s = Some(std::sync::Arc::new(keys));
+        }
+    }
+
+    /// Asks the fetcher for a refetch, unless one was asked within [`REFETCH_EVERY`]; true if
+    /// this call asked.
+    pub fn want_refetch(&self) -> bool {
+        let Ok(mut last) = self.last_wanted.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFETCH_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Release);
+        true
+    }
+
+    /// For the fetcher: whether a refetch was asked for (and forget the asking).
+    pub fn take_wanted(&self) -> bool {
+        self.wanted.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
 /// Keys and claim checks for tokens of one issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct JwtIssuer {
     /// Required `iss`; `None` accepts tokens with any or no issuer (only sensible with one issuer).
     pub issuer: Option<String>,
@@ -159,7 +242,21 @@ pub struct JwtIssuer {
     pub require_exp: bool,
     /// The issuer's keys.
     pub keys: Vec<JwtKey>,
+    /// Keys fetched from the identity provider, beside (usually instead of) `keys`.
+    pub remote: Option<std::sync::Arc<RemoteKeys>>,
 }
+
+impl PartialEq for JwtIssuer {
+    fn eq(&self, other: &Self) -> bool {
+        self.issuer == other.issuer
+            && self.audience == other.audience
+            && self.leeway == other.leeway
+            && self.require_exp == other.require_exp
+            && self.keys == other.keys
+            && self.remote.as_ref().map(|r| &r.url) == other.remote.as_ref().map(|r| &r.url)
+    }
+}
+impl Eq for JwtIssuer {}
 
 /// Whether a credential has the shape of a JWS compact token.
 pub fn looks_like_jwt(token: &str) -> bool {
@@ -191,14 +288,61 @@ pub fn verify(issuers: &[JwtIssuer], token: &str) -> Result<serde_json::Value, R
     // The issuer is read before verification only to choose keys; nothing is trusted until verified.
     let iss = unverified_issuer(token);
     let kid = header.kid.as_deref();
-    let candidates: Vec<(&JwtIssuer, &JwtKey)> = issuers
+    let matching: Vec<&JwtIssuer> = issuers
         .iter()
         .filter(|i| i.issuer.is_none() || i.issuer.as_deref() == iss.as_deref())
-        .flat_map(|i| i.keys.iter().map(move |k| (i, k)))
+        .collect();
+    // Fetched sets are read once here; a refresh meanwhile changes only the next token's keys.
+    let fetched: Vec<Option<std::sync::Arc<Vec<JwtKey>>>> = matching
+        .iter()
+        .map(|i| i.remote.as_ref().and_then(|r| r.keys()))
+        .collect();
+    let candidates: Vec<(&JwtIssuer, &JwtKey)> = matching
+        .iter()
+        .zip(&fetched)
+        .flat_map(|(i, set)| {
+            i.keys
+                .iter()
+                .chain(set.iter().flat_map(|s| s.iter()))
+                .map(move |k| (*i, k))
+        })
         // A key with a kid is chosen only by that kid; a key without one is a candidate for any token.
         .filter(|(_, k)| k.kid.is_none() || k.kid.as_deref() == kid)
         .collect();
     if candidates.is_empty() {
+        let remote = matching
+            .iter()
+            .zip(&fetched)
+            .filter_map(|(i, set)| Some((i.remote.as_ref()?, set)));
+        let mut refetching = None;
+        for (r, set) in remote {
+            if set.is_none() {
+                return Err(Refusal::new(
+                    Reason::AuthUnavailable,
+                    format!(
+                        "the key set of issuer {:?} was never loaded from {} (the identity provider has not answered yet)",
+                        iss.as_deref().unwrap_or("-"),
+                        r.url
+                    ),
+                )
+                .retry_after(std::time::Duration::from_secs(5)));
+            }
+            if r.want_refetch() {
+                refetching = Some(r.url.clone());
+            }
+        }
+        if let Some(url) = refetching {
+            // A rotated key the set does not have yet: fetched again now; the client retries.
+            return Err(Refusal::new(
+                Reason::AuthUnavailable,
+                format!(
+                    "kid {:?} is not in the key set of issuer {:?}; it is being fetched again from {url}",
+                    kid.unwrap_or("-"),
+                    iss.as_deref().unwrap_or("-")
+                ),
+            )
+            .retry_after(std::time::Duration::from_secs(2)));
+        }
         return Err(invalid(format!(
             "no configured key for issuer {:?} and kid {:?}",
             iss.as_deref().unwrap_or("-"),
@@ -310,6 +454,7 @@ mod tests {
             leeway: 5,
             require_exp: true,
             keys: vec![JwtKey::secret(Some("k1".into()), SECRET, vec![Algorithm::HS256]).unwrap()],
+            remote: None,
         }
     }
 
@@ -429,6 +574,43 @@ mod tests {
         let e = verify(&iss, &format!("{signing_input}.{sig}")).unwrap_err();
         assert_eq!(e.reason, Reason::AuthInvalid);
         assert!(e.detail.contains("crit"), "{}", e.detail);
+    }
+
+    #[test]
+    fn fetched_keys_unknown_kids_and_a_set_never_loaded() {
+        let remote =
+            std::sync::Arc::new(RemoteKeys::new("https://idp.test/jwks".into(), false, None));
+        let iss = [JwtIssuer {
+            keys: Vec::new(),
+            remote: Some(remote.clone()),
+            ..hs_issuer()
+        }];
+        let t = token(good_claims(), Some("k1"), SECRET);
+        // Never loaded: the identity provider has not answered, so 503 with Retry-After.
+        let e = verify(&iss, &t).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthUnavailable);
+        assert!(
+            e.retry_after.is_some() && e.detail.contains("never loaded"),
+            "{}",
+            e.detail
+        );
+        assert!(!remote.take_wanted());
+        // Loaded: a known kid verifies; an unknown one asks for a refetch once, then is invalid.
+        remote.replace(vec![JwtKey::secret(
+            Some("k1".into()),
+            SECRET,
+            vec![Algorithm::HS256],
+        )
+        .unwrap()]);
+        assert!(verify(&iss, &t).is_ok());
+        let rotated = token(good_claims(), Some("k2"), SECRET);
+        let e = verify(&iss, &rotated).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthUnavailable);
+        assert!(e.detail.contains("fetched again"), "{}", e.detail);
+        assert!(remote.take_wanted() && !remote.take_wanted());
+        let e = verify(&iss, &rotated).unwrap_err();
+        assert_eq!(e.reason, Reason::AuthInvalid, "refetches are rate-limited");
+        assert!(!remote.take_wanted());
     }
 
     #[test]

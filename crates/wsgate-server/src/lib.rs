@@ -19,6 +19,7 @@ pub mod fdlimit;
 mod handshake;
 pub mod hub;
 pub mod ids;
+pub mod jwks;
 pub mod metrics;
 pub mod out;
 pub mod pattern;

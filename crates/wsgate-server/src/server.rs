@@ -177,6 +177,14 @@ impl Server {
             send_timeout: config.limits.send_timeout,
         });
         let (shutdown_tx, shutdown) = watch::channel(false);
+        // Identity providers' keys: fetched now (up to 5 s, so the first tokens find them), then
+        // kept fresh in the background.
+        crate::jwks::start(
+            &config.jwks,
+            std::time::Duration::from_secs(5),
+            shutdown.clone(),
+        )
+        .await;
         let gate = Gatekeeper::new(&config);
         let cluster = config.cluster.as_ref().map(|c| {
             crate::ids::set_node(&c.node_id);

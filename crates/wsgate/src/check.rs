@@ -189,6 +189,17 @@ fn print_policy(p: &wsgate_admission::Policy, indent: &str) {
                 "{indent}auth: sources {sources:?} in that order; api keys {keys:?}; basic users {users:?}; jwt issuers {}",
                 a.jwt.len()
             );
+            for r in a.jwt.iter().filter_map(|j| j.remote.as_ref()) {
+                println!(
+                    "{indent}  keys fetched from {}{} (refreshed on its cache headers)",
+                    r.url,
+                    if r.discovery {
+                        ", the OpenID discovery document"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     let z = &p.authz;

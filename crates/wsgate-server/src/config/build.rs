@@ -79,10 +79,38 @@ pub(super) fn policies(
         }
     }
     config.dev_token = dev_token;
+    share_remote_keys(&mut config);
     if let Some(c) = &config.cluster {
         redis_tls_files(&c.tls, files).map_err(|(k, m)| err((format!("cluster.{k}"), m)))?;
     }
     Ok(config)
+}
+
+/// One [`RemoteKeys`] per identity provider URL, shared by every route and listener that names it,
+/// so each set is fetched once.
+///
+/// [`RemoteKeys`]: wsgate_admission::jwt::RemoteKeys
+fn share_remote_keys(config: &mut Config) {
+    let mut seen: Vec<std::sync::Arc<wsgate_admission::jwt::RemoteKeys>> = Vec::new();
+    let issuers = config
+        .routes
+        .iter_mut()
+        .flat_map(|r| r.policies.iter_mut())
+        .filter_map(|p| p.auth.as_mut())
+        .flat_map(|a| a.jwt.iter_mut());
+    for issuer in issuers {
+        let Some(r) = issuer.remote.as_mut() else {
+            continue;
+        };
+        match seen
+            .iter()
+            .find(|s| s.url == r.url && s.discovery == r.discovery && s.ca_file == r.ca_file)
+        {
+            Some(s) => *r = s.clone(),
+            None => seen.push(r.clone()),
+        }
+    }
+    config.jwks = seen;
 }
 
 /// The files for TLS to Redis, checked now so a wrong path stops `serve` and `check` with the
@@ -300,6 +328,53 @@ fn authz_policy(
     })
 }
 
+/// Keys at an identity provider's URL: `https://` only (the keys decide who is admitted), with
+/// an optional CA file beside the public roots.
+fn remote_keys(
+    url: &str,
+    discovery: bool,
+    j: &RawJwt,
+    base: &Path,
+    files: &dyn Files,
+    key: &str,
+) -> Result<std::sync::Arc<wsgate_admission::jwt::RemoteKeys>, (String, String)> {
+    match wsgate_handshake::endpoint::Endpoint::parse(url, wsgate_handshake::endpoint::Family::Http)
+    {
+        Ok(e) if e.tls => {}
+        Ok(_) => {
+            return Err((
+                key.to_owned(),
+                format!("{url:?}: keys that decide who is admitted are fetched over https:// only"),
+            ))
+        }
+        Err(e) => return Err((key.to_owned(), format!("{url:?}: {e}"))),
+    }
+    let ca_file = match &j.jwks_ca_file {
+        Some(p) => {
+            let path = base.join(p);
+            let pem = files.read(&path).map_err(|e| {
+                (
+                    "jwks_ca_file".to_owned(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err((
+                    "jwks_ca_file".to_owned(),
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(std::sync::Arc::new(wsgate_admission::jwt::RemoteKeys::new(
+        url.to_owned(),
+        discovery,
+        ca_file,
+    )))
+}
+
 fn jwt_issuer(
     j: &RawJwt,
     base: &Path,
@@ -328,11 +403,43 @@ fn jwt_issuer(
         j.secret_file.is_some(),
         j.public_key_file.is_some(),
         j.jwks_file.is_some(),
+        j.jwks_url.is_some(),
+        j.discovery == Some(true),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err((
             String::new(),
-            "give exactly one of `secret`, `secret_file`, `public_key` or `public_key_file` (with `algorithms`), or `jwks_file`".into(),
+            "give exactly one of `secret`, `secret_file`, `public_key` or `public_key_file` (with `algorithms`), `jwks_file`, `jwks_url`, or `discovery = true` (with `issuer`)".into(),
+        ));
+    }
+    if j.jwks_ca_file.is_some() && j.jwks_url.is_none() && j.discovery != Some(true) {
+        return Err((
+            "jwks_ca_file".into(),
+            "is the CA of the identity provider's TLS: it goes with `jwks_url` or `discovery = true`".into(),
+        ));
+    }
+    let remote = if let Some(url) = &j.jwks_url {
+        Some(remote_keys(url, false, j, base, files, "jwks_url")?)
+    } else if j.discovery == Some(true) {
+        let Some(issuer) = &j.issuer else {
+            return Err((
+                "discovery".into(),
+                "needs `issuer`: the keys are found from ISSUER/.well-known/openid-configuration"
+                    .into(),
+            ));
+        };
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        Some(remote_keys(&url, true, j, base, files, "issuer")?)
+    } else {
+        None
+    };
+    if remote.is_some() && (j.algorithms.is_some() || j.kid.is_some()) {
+        return Err((
+            "jwks_url".into(),
+            "takes `alg` and `kid` from each key the identity provider publishes; remove `algorithms`/`kid`".into(),
         ));
     }
     let keys = if let Some(s) = &j.secret {
@@ -378,6 +485,7 @@ fn jwt_issuer(
                 .as_secs(),
         },
         require_exp: j.require_exp.unwrap_or(true),
+        remote,
         keys,
     })
 }

@@ -63,6 +63,9 @@ pub struct Config {
     pub firewall: Firewall,
     /// Rooms shared with other nodes through Redis, if configured.
     pub cluster: Option<Cluster>,
+    /// Key sets fetched from identity providers (`jwks_url`, `discovery`), one per URL however
+    /// many routes use it; the server keeps them fresh.
+    pub jwks: Vec<std::sync::Arc<wsgate_admission::jwt::RemoteKeys>>,
 }
 
 /// `[cluster]`: this node's place among the nodes that share rooms through Redis.

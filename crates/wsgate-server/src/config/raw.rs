@@ -271,6 +271,9 @@ pub(super) struct RawJwt {
     pub(super) public_key: Option<String>,
     pub(super) public_key_file: Option<PathBuf>,
     pub(super) jwks_file: Option<PathBuf>,
+    pub(super) jwks_url: Option<String>,
+    pub(super) jwks_ca_file: Option<PathBuf>,
+    pub(super) discovery: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -402,6 +402,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
             dev_token: None,
             firewall,
             cluster,
+            jwks: Vec::new(),
         },
         listener_policies,
         route_policies,
