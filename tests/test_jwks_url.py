@@ -204,3 +204,16 @@ def test_jwks_url_settings_are_checked(tmp_path, idp):
     cfg.write_text(config(routes=route(idp, 'jwks_url = "https://127.0.0.1:1/jwks.json"')))
     out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "keys fetched from https://127.0.0.1:1/jwks.json" in out.stdout, out.stdout
+
+
+def test_a_reload_keeps_the_keys_already_fetched(wsgate, idp):
+    import signal
+    idp.add_key("a")
+    idp.start()
+    s = wsgate(config(routes=route(idp, f'jwks_url = "{idp.issuer}/jwks.json"')))
+    assert attempt(s, idp.token("a"))[0] == 101
+    idp.stop()
+    # Same URL after the reload: the set fetched before is kept, though the provider is down.
+    s.proc.send_signal(signal.SIGHUP)
+    assert "configuration reloaded" in s.wait_log("configuration reloaded", timeout=10)
+    assert attempt(s, idp.token("a"))[0] == 101

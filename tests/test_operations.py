@@ -1,4 +1,5 @@
-"""Running wsgate as operators do: SIGHUP (`systemctl reload`) never ends a server or its connections,
+"""Running wsgate as operators do: SIGHUP (`systemctl reload`) never ends a server or its connections
+(what a reload changes is in test_reload.py),
 shell completions and man pages generated from the CLI definition, and the systemd unit in deploy/ passes
 `systemd-analyze verify`."""
 

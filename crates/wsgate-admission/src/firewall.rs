@@ -318,7 +318,8 @@ const MAX_TRACKED: usize = 100_000;
 /// Temporary bans. Time is passed in, so the logic is tested without waiting.
 #[derive(Debug)]
 pub struct Bans {
-    policy: BanPolicy,
+    /// Replaced by a configuration reload; bans in force stay in force.
+    policy: std::sync::RwLock<BanPolicy>,
     state: Mutex<HashMap<IpAddr, Strikes>>,
 }
 
@@ -326,9 +327,18 @@ impl Bans {
     /// An empty ban list.
     pub fn new(policy: BanPolicy) -> Bans {
         Bans {
-            policy,
+            policy: std::sync::RwLock::new(policy),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The policy of a reloaded configuration, for refusals from now on.
+    pub fn set_policy(&self, policy: BanPolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> BanPolicy {
+        *self.policy.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Refuses a banned address with `firewall.banned`.
@@ -340,8 +350,8 @@ impl Bans {
                 format!(
                     "client {ip} is banned for another {}s after {} refused handshakes within {:?}",
                     (until - now).as_secs() + 1,
-                    self.policy.after,
-                    self.policy.window
+                    self.policy().after,
+                    self.policy().window
                 ),
             )),
             _ => Ok(()),
@@ -366,14 +376,15 @@ impl Bans {
 
     /// The policy's ban duration.
     pub fn duration(&self) -> Duration {
-        self.policy.duration
+        self.policy().duration
     }
 
     /// Counts a refusal of `ip`; returns true when this refusal starts a ban.
     pub fn record_refusal(&self, ip: IpAddr, now: Instant) -> bool {
+        let policy = self.policy();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() >= MAX_TRACKED && !state.contains_key(&ip) {
-            let p = self.policy;
+            let p = policy;
             state.retain(|_, s| {
                 s.banned_until.is_some_and(|u| u > now) || now - s.window_start < p.window
             });
@@ -389,7 +400,7 @@ impl Bans {
         if s.banned_until.is_some_and(|u| u > now) {
             return false;
         }
-        if now.duration_since(s.window_start) >= self.policy.window || s.banned_until.is_some() {
+        if now.duration_since(s.window_start) >= policy.window || s.banned_until.is_some() {
             *s = Strikes {
                 window_start: now,
                 count: 0,
@@ -397,8 +408,8 @@ impl Bans {
             };
         }
         s.count += 1;
-        if s.count >= self.policy.after {
-            s.banned_until = Some(now + self.policy.duration);
+        if s.count >= policy.after {
+            s.banned_until = Some(now + policy.duration);
             return true;
         }
         false

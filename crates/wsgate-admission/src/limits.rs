@@ -41,7 +41,8 @@ struct State {
 /// The shared counters behind the limits gate.
 #[derive(Debug)]
 pub struct Limits {
-    policy: LimitPolicy,
+    /// Replaced by a configuration reload; the counters in `state` carry on.
+    policy: std::sync::RwLock<LimitPolicy>,
     state: Mutex<State>,
 }
 
@@ -57,14 +58,24 @@ impl Limits {
     /// Counters for a policy.
     pub fn new(policy: LimitPolicy) -> Arc<Limits> {
         Arc::new(Limits {
-            policy,
+            policy: std::sync::RwLock::new(policy),
             state: Mutex::new(State::default()),
         })
     }
 
+    /// The policy a reloaded configuration gives, for the handshakes from now on; connections
+    /// already counted stay counted.
+    pub fn set_policy(&self, policy: LimitPolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> LimitPolicy {
+        *self.policy.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The handshake rate and burst per client address, if limited.
     pub fn rate(&self) -> Option<(f64, f64)> {
-        self.policy.rate
+        self.policy().rate
     }
 
     /// Takes a handshake token and a connection slot, or refuses with `limit.rate` /
@@ -80,7 +91,7 @@ impl Limits {
 
     /// The cap on open connections per identity, if any.
     pub fn per_identity(&self) -> Option<usize> {
-        self.policy.per_identity
+        self.policy().per_identity
     }
 
     /// [`Limits::admit`] with the rate counted elsewhere (a cluster's shared bucket) when
@@ -92,8 +103,9 @@ impl Limits {
         now: Instant,
         count_rate: bool,
     ) -> Result<Held, Refusal> {
+        let policy = self.policy();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((rate, burst)) = self.policy.rate.filter(|_| count_rate) {
+        if let Some((rate, burst)) = policy.rate.filter(|_| count_rate) {
             if st.buckets.len() >= MAX_BUCKETS && !st.buckets.contains_key(&client) {
                 st.buckets.retain(|_, b| {
                     b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst
@@ -117,14 +129,14 @@ impl Limits {
         }
         let busy = |what: String| Err(Refusal::new(Reason::LimitClientConnections, what));
         let n_client = st.by_client.get(&client).copied().unwrap_or(0);
-        if let Some(max) = self.policy.per_client {
+        if let Some(max) = policy.per_client {
             if n_client >= max {
                 return busy(format!(
                     "client {client} has {n_client} open connections, the limit is {max}"
                 ));
             }
         }
-        if let (Some(max), Some(id)) = (self.policy.per_identity, identity) {
+        if let (Some(max), Some(id)) = (policy.per_identity, identity) {
             let n = st.by_identity.get(id).copied().unwrap_or(0);
             if n >= max {
                 return busy(format!(
@@ -132,11 +144,11 @@ impl Limits {
                 ));
             }
         }
-        let track_client = self.policy.per_client.is_some();
+        let track_client = policy.per_client.is_some();
         if track_client {
             *st.by_client.entry(client).or_default() += 1;
         }
-        let identity = match (self.policy.per_identity, identity) {
+        let identity = match (policy.per_identity, identity) {
             (Some(_), Some(id)) => {
                 *st.by_identity.entry(id.to_owned()).or_default() += 1;
                 Some(id.to_owned())
@@ -187,7 +199,7 @@ pub fn over_rate(client: IpAddr, rate: f64, burst: f64, wait: Duration, shared: 
 /// step of admission, taken once everything else said yes.
 #[derive(Debug)]
 pub struct Connections {
-    max: usize,
+    max: AtomicUsize,
     open: AtomicUsize,
 }
 
@@ -199,22 +211,25 @@ impl Connections {
     /// A server-wide count with room for `max` connections.
     pub fn new(max: usize) -> Arc<Connections> {
         Arc::new(Connections {
-            max,
+            max: AtomicUsize::new(max),
             open: AtomicUsize::new(0),
         })
+    }
+
+    /// A reloaded configuration's limit, for the connections from now on (none is closed).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::SeqCst);
     }
 
     /// Takes a place, or refuses with 503 `limit.connections` when the server is full.
     pub fn acquire(self: &Arc<Self>) -> Result<Slot, Refusal> {
         let prev = self.open.fetch_add(1, Ordering::SeqCst);
-        if prev >= self.max {
+        let max = self.max.load(Ordering::SeqCst);
+        if prev >= max {
             self.open.fetch_sub(1, Ordering::SeqCst);
             return Err(Refusal::new(
                 Reason::LimitConnections,
-                format!(
-                    "all {} connections of limits.max_connections are open",
-                    self.max
-                ),
+                format!("all {max} connections of limits.max_connections are open"),
             ));
         }
         Ok(Slot(self.clone()))
@@ -238,7 +253,7 @@ impl Drop for Slot {
 /// connection still has `handshake_timeout` to finish.
 #[derive(Debug)]
 pub struct InProgress {
-    max: usize,
+    max: AtomicUsize,
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -254,21 +269,26 @@ impl InProgress {
     /// Counters allowing `max` handshakes in progress per address.
     pub fn new(max: usize) -> Arc<InProgress> {
         Arc::new(InProgress {
-            max,
+            max: AtomicUsize::new(max),
             counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A reloaded configuration's limit, for the connections from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::SeqCst);
     }
 
     /// Counts a new connection of `client`, or refuses with `limit.handshakes_in_progress`.
     pub fn enter(self: &Arc<Self>, client: IpAddr) -> Result<Pending, Refusal> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(client).or_insert(0);
-        if *n >= self.max {
+        let max = self.max.load(Ordering::SeqCst);
+        if *n >= max {
             return Err(Refusal::new(
                 Reason::LimitHandshakesInProgress,
                 format!(
-                    "client {client} already has {n} connections in their TLS handshake or request head (limits.max_handshakes_per_client = {})",
-                    self.max
+                    "client {client} already has {n} connections in their TLS handshake or request head (limits.max_handshakes_per_client = {max})"
                 ),
             ));
         }

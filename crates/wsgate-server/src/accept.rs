@@ -3,7 +3,7 @@
 //! server, which hands each request to [`crate::handshake::handle`].
 
 use crate::config::Explain;
-use crate::server::Shared;
+use crate::server::{ListenerKey, Live, Shared};
 use crate::{ids, response, tls};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,22 +19,16 @@ use wsgate_handshake::Refusal;
 
 /// One bound public listener.
 pub(crate) struct Bound {
-    pub index: usize,
+    /// How the configuration names it, found again in a reloaded configuration.
+    pub key: ListenerKey,
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
-    pub explain: Explain,
-    pub proxy_protocol: bool,
 }
 
-/// Accepts connections on one listener until the server stops, each in its own task.
-pub(crate) async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Sender<()>) {
-    let Bound {
-        index,
-        listener,
-        tls,
-        explain,
-        proxy_protocol,
-    } = b;
+/// Accepts connections on one listener until the server stops (or a reload removes it), each
+/// in its own task, with the configuration in force when it was accepted.
+pub(crate) async fn accept_loop(b: Bound, live: Arc<Live>, track: mpsc::Sender<()>) {
+    let Bound { key, listener, tls } = b;
     loop {
         let (mut stream, tcp_peer) = match listener.accept().await {
             Ok(x) => x,
@@ -46,7 +40,15 @@ pub(crate) async fn accept_loop(b: Bound, shared: Arc<Shared>, track: mpsc::Send
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let shared = live.load();
+        // A listener a reload removed is stopped by the server; until then it serves.
+        let Some(index) = shared.listener_index(&key) else {
+            continue;
+        };
+        let (explain, proxy_protocol) = match shared.config.listeners.get(index) {
+            Some(l) => (l.explain, l.proxy_protocol),
+            None => continue,
+        };
         let track = track.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

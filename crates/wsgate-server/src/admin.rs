@@ -1,7 +1,7 @@
 //! The admin listener: Prometheus metrics at `/metrics` and a health check at `/healthz` (503
 //! while draining, so a load balancer stops sending new clients).
 
-use crate::server::Shared;
+use crate::server::Live;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -14,20 +14,19 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Serves the admin listener until the server stops.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, live: Arc<Live>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let shared = shared.clone();
-        tokio::spawn(serve_one(stream, shared));
+        tokio::spawn(serve_one(stream, live.clone()));
     }
 }
 
-async fn serve_one(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_one(stream: TcpStream, live: Arc<Live>) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
+        let shared = live.load();
         async move {
             let (status, ctype, body) = match req.uri().path() {
                 "/metrics" => (

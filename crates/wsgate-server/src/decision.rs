@@ -173,6 +173,16 @@ pub struct Admit<'g> {
     pub slot: Slot,
 }
 
+/// The global gates of a configuration, with its ban list (kept across reloads).
+fn global_gates(config: &Config, bans: Option<Arc<wsgate_admission::firewall::Bans>>) -> Global {
+    Global {
+        firewall: config.firewall.rules.clone(),
+        trusted_proxies: config.firewall.trusted_proxies.clone(),
+        client_header: config.firewall.client_address_header,
+        bans,
+    }
+}
+
 /// The state every decision reads and the counters it takes from: built once per configuration.
 #[derive(Debug)]
 pub struct Gatekeeper {
@@ -187,21 +197,41 @@ pub struct Gatekeeper {
 impl Gatekeeper {
     /// The gatekeeper of a validated configuration.
     pub fn new(config: &Config) -> Gatekeeper {
+        let bans = config
+            .firewall
+            .ban
+            .map(|b| Arc::new(wsgate_admission::firewall::Bans::new(b)));
         Gatekeeper {
             router: Router::new(&config.routes),
-            global: Global {
-                firewall: config.firewall.rules.clone(),
-                trusted_proxies: config.firewall.trusted_proxies.clone(),
-                client_header: config.firewall.client_address_header,
-                bans: config
-                    .firewall
-                    .ban
-                    .map(|b| Arc::new(wsgate_admission::firewall::Bans::new(b))),
-            },
+            global: global_gates(config, bans),
             limits: Limits::new(config.limits.clients),
             connections: Connections::new(config.limits.max_connections),
             head: config.limits.head,
             draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The gatekeeper of a reloaded configuration: new routes, policies and rules, while the
+    /// counters (open connections, per-client and per-identity counts, rate buckets, bans in
+    /// force) carry on, with the new limits applying from now on.
+    pub fn reloaded(&self, config: &Config) -> Gatekeeper {
+        self.limits.set_policy(config.limits.clients);
+        self.connections.set_max(config.limits.max_connections);
+        let bans = match (&self.global.bans, config.firewall.ban) {
+            (Some(b), Some(policy)) => {
+                b.set_policy(policy);
+                Some(b.clone())
+            }
+            (None, Some(policy)) => Some(Arc::new(wsgate_admission::firewall::Bans::new(policy))),
+            (_, None) => None,
+        };
+        Gatekeeper {
+            router: Router::new(&config.routes),
+            global: global_gates(config, bans),
+            limits: self.limits.clone(),
+            connections: self.connections.clone(),
+            head: config.limits.head,
+            draining: AtomicBool::new(self.draining()),
         }
     }
 

@@ -152,7 +152,7 @@ pub(crate) async fn handle(
         extensions.as_deref(),
         &request_id,
     );
-    let work = work(shared, route_idx, route, &path, upstream, deflate);
+    let work = work(shared, route, &path, upstream, deflate);
     // For the closing log line; one small box rather than three fields in every idle task.
     let about = Box::new(About {
         peer: ctx.peer,
@@ -304,7 +304,6 @@ struct ProxyWork {
 /// pointer for it, not a copy of everything while the connection idles.
 fn work(
     shared: &Shared,
-    route_idx: usize,
     route: &crate::config::Route,
     path: &str,
     upstream: Option<proxy::UpstreamConn>,
@@ -318,7 +317,9 @@ fn work(
         RouteKind::Echo => Some(Local::Echo),
         RouteKind::Channel => Some(Local::Channel {
             hub: shared.hub.clone(),
-            room: format!("{route_idx}:{path}"),
+            // The path names the room: the same path always matches the same route, and the
+            // name survives a reload that reorders routes (and needs no route order across nodes).
+            room: path.to_owned(),
             deliver_to_sender: route.deliver_to_sender,
         }),
         RouteKind::Proxy => None,

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub cluster_dropped: Counter,
     /// Reconnections to Redis after an outage.
     pub cluster_reconnects: Counter,
+    /// Configuration reloads by result (`ok`, `error`).
+    pub config_reloads: Family<[(&'static str, String); 1], Counter>,
     /// Channel rooms with at least one member.
     pub channel_rooms: Gauge,
     /// Members of channel rooms.
@@ -84,6 +86,7 @@ impl Metrics {
             cluster_received: Counter::default(),
             cluster_dropped: Counter::default(),
             cluster_reconnects: Counter::default(),
+            config_reloads: Family::default(),
             channel_members: Gauge::default(),
             cert_expiry: Family::default(),
             cert_not_after: Mutex::new(Vec::new()),
@@ -178,6 +181,11 @@ impl Metrics {
             "cluster_reconnects",
             "Reconnections to Redis after an outage",
             m.cluster_reconnects.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or error (the previous one stays)",
+            m.config_reloads.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",

@@ -45,6 +45,12 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Make a running server re-read its configuration (SIGHUP to the process in --pid-file).
+    Reload {
+        /// The file `wsgate serve --pid-file` wrote.
+        #[arg(long)]
+        pid_file: PathBuf,
+    },
     /// Print a shell completion script, e.g. `wsgate completions bash > /etc/bash_completion.d/wsgate`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -75,6 +81,13 @@ fn main() -> ExitCode {
         }
         Command::Passwd => passwd::passwd(),
         Command::Reasons { markdown } => reasons::reasons(markdown),
+        Command::Reload { pid_file } => match wsgate_server::server::signal_reload(&pid_file) {
+            Ok(pid) => {
+                println!("asked process {pid} to reload its configuration (its log says what changed, or why not)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "wsgate", &mut std::io::stdout());

@@ -18,6 +18,9 @@ pub(crate) struct ServeArgs {
     /// Override the admin (metrics) address; `off` disables it.
     #[arg(long)]
     pub(crate) admin: Option<String>,
+    /// Write the process id here (for `wsgate reload --pid-file`), removed at exit.
+    #[arg(long)]
+    pub(crate) pid_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> ExitCode {
@@ -25,6 +28,57 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = apply_overrides(&mut config, &args) {
+        return fail(&e);
+    }
+    let set_level = init_logging(&config);
+    open_files_limit(&config);
+    if let Some(p) = &args.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            return fail(&format!("cannot write --pid-file {}: {e}", p.display()));
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let pid_file = args.pid_file.clone();
+    // SIGHUP re-reads the file given with --config (with this command line's overrides put back)
+    // and applies its logging level; the embedded configuration has no file to re-read.
+    let reload = args
+        .config
+        .config
+        .clone()
+        .map(|path| wsgate_server::server::Reloader {
+            load: Box::new(move || {
+                let mut c = Config::load(&path).map_err(|e| e.to_string())?;
+                apply_overrides(&mut c, &args)?;
+                Ok(c)
+            }),
+            applied: Box::new(move |c: &Config| set_level(&c.logging.level)),
+        });
+    let code = runtime.block_on(async move {
+        let stop = stop_signal();
+        let server = match Server::bind(config.clone()).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        banner(&config, &server);
+        server.run_reloading(stop, reload).await;
+        ExitCode::SUCCESS
+    });
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    code
+}
+
+/// The command line's `--listen` and `--admin`, over the file's values (at start and at every
+/// reload, so a reload does not move the listener the command line chose).
+fn apply_overrides(config: &mut Config, args: &ServeArgs) -> Result<(), String> {
     if let Some(addr) = args.listen {
         config.override_first_listener(addr);
     }
@@ -34,31 +88,13 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
         Some(a) => match a.parse() {
             Ok(addr) => config.admin = Some(addr),
             Err(_) => {
-                return fail(&format!(
+                return Err(format!(
                     "--admin {a:?} is not an address like 127.0.0.1:9090, nor `off`"
                 ))
             }
         },
     }
-    init_logging(&config);
-    open_files_limit(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-    };
-    runtime.block_on(async move {
-        let stop = stop_signal();
-        let server = match Server::bind(config.clone()).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e.to_string()),
-        };
-        banner(&config, &server);
-        server.run(stop).await;
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are registered when this is called, not when the
@@ -174,31 +210,56 @@ fn open_files_limit(config: &Config) {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Starts logging; returns how a reload changes the level (unless `WSGATE_LOG` decides it).
+fn init_logging(config: &Config) -> Box<dyn Fn(&str) + Send + Sync> {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("WSGATE_LOG")
+    let from_env = std::env::var("WSGATE_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
+        .and_then(|f| EnvFilter::try_new(f).ok());
+    let fixed = from_env.is_some();
+    let filter = from_env
         .or_else(|| EnvFilter::try_new(&config.logging.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let node = config.cluster.as_ref().map(|c| c.node_id.clone());
-    match config.logging.format {
+    // The filter's reload handle is taken last: its type is the finished subscriber's.
+    let set: Box<dyn Fn(EnvFilter) + Send + Sync> = match config.logging.format {
         LogFormat::Json => {
-            let builder = builder.json().flatten_event(true);
             let inner = tracing_subscriber::fmt::format().json().flatten_event(true);
-            builder.event_format(WithNode { node, inner }).init()
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .event_format(WithNode { node, inner })
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| {
+                let _ = handle.reload(f);
+            })
         }
         LogFormat::Text => {
             let inner = tracing_subscriber::fmt::format().with_ansi(false);
-            builder
+            let builder = builder
                 .with_ansi(false)
                 .event_format(WithNode { node, inner })
-                .init()
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| {
+                let _ = handle.reload(f);
+            })
         }
-    }
+    };
+    Box::new(move |level: &str| {
+        if fixed {
+            return;
+        }
+        if let Ok(f) = EnvFilter::try_new(level) {
+            set(f);
+        }
+    })
 }
 
 /// Puts a clustered node's id in every log line, so the lines of several nodes gathered in one

@@ -92,13 +92,7 @@ pub(super) fn policies(
 /// [`RemoteKeys`]: wsgate_admission::jwt::RemoteKeys
 fn share_remote_keys(config: &mut Config) {
     let mut seen: Vec<std::sync::Arc<wsgate_admission::jwt::RemoteKeys>> = Vec::new();
-    let issuers = config
-        .routes
-        .iter_mut()
-        .flat_map(|r| r.policies.iter_mut())
-        .filter_map(|p| p.auth.as_mut())
-        .flat_map(|a| a.jwt.iter_mut());
-    for issuer in issuers {
+    for issuer in config.jwt_issuers_mut() {
         let Some(r) = issuer.remote.as_mut() else {
             continue;
         };

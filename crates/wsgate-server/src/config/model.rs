@@ -68,6 +68,20 @@ pub struct Config {
     pub jwks: Vec<std::sync::Arc<wsgate_admission::jwt::RemoteKeys>>,
 }
 
+impl Config {
+    /// Every JWT issuer of every route on every listener, to share or carry over their fetched
+    /// key sets.
+    pub fn jwt_issuers_mut(
+        &mut self,
+    ) -> impl Iterator<Item = &mut wsgate_admission::jwt::JwtIssuer> {
+        self.routes
+            .iter_mut()
+            .flat_map(|r| r.policies.iter_mut())
+            .filter_map(|p| p.auth.as_mut())
+            .flat_map(|a| a.jwt.iter_mut())
+    }
+}
+
 /// `[cluster]`: this node's place among the nodes that share rooms through Redis.
 #[derive(Debug, Clone)]
 pub struct Cluster {
