@@ -77,23 +77,27 @@ pub enum Parsed {
 
 /// Parses the frame header at the start of `buf`, as a server reading a client: frames must be
 /// masked, no extension is negotiated (so RSV bits must be 0), and no frame may exceed `max_frame`.
+#[inline]
 pub fn parse_client_frame(buf: &[u8], max_frame: usize) -> Parsed {
     parse_frame(buf, max_frame, true, false)
 }
 
 /// [`parse_client_frame`] on a connection that negotiated permessage-deflate: RSV1 may mark the
 /// first frame of a data message (RFC 7692 §6), never a continuation or a control frame.
+#[inline]
 pub fn parse_client_frame_deflate(buf: &[u8], max_frame: usize) -> Parsed {
     parse_frame(buf, max_frame, true, true)
 }
 
 /// Parses the frame header at the start of `buf`, as a client reading a server (the proxy
 /// reading its upstream): the same rules, except that server frames must not be masked.
+#[inline]
 pub fn parse_server_frame(buf: &[u8], max_frame: usize) -> Parsed {
     parse_frame(buf, max_frame, false, false)
 }
 
 /// [`parse_server_frame`] on a connection that negotiated permessage-deflate.
+#[inline]
 pub fn parse_server_frame_deflate(buf: &[u8], max_frame: usize) -> Parsed {
     parse_frame(buf, max_frame, false, true)
 }

@@ -523,13 +523,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         buf: &mut [u8],
     ) -> Result<usize, End> {
         let mut pos = 0;
-        let parse = if self.compressing.is_some() {
-            parse_client_frame_deflate
-        } else {
-            parse_client_frame
-        };
+        // A branch, not a function pointer: the parser stays inlined on the echo path.
+        let deflate = self.compressing.is_some();
         loop {
-            let h = match parse(&buf[pos..], self.max_frame) {
+            let rest = &buf[pos..];
+            let parsed = if deflate {
+                parse_client_frame_deflate(rest, self.max_frame)
+            } else {
+                parse_client_frame(rest, self.max_frame)
+            };
+            let h = match parsed {
                 Parsed::Incomplete => return Ok(pos),
                 Parsed::Invalid(code, why) => return Err(End::Fail(code, why.into())),
                 Parsed::Header(h) => h,
@@ -545,7 +548,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 fastwebsockets::unmask(payload, mask);
             }
             pos += h.frame_len();
-            self.partial_utf8 = PartialUtf8::default();
+            if self.partial_utf8.checked != 0 {
+                self.partial_utf8 = PartialUtf8::default();
+            }
             self.on_frame(cx, sink, h.fin, h.opcode, h.rsv1, payload)?;
         }
     }
