@@ -37,8 +37,10 @@ def require_tool(path_or_name, why):
 class Wsgate:
     """A running `wsgate serve` process with its bound addresses and its log."""
 
-    def __init__(self, config_text, tmp_path, extra_args=(), expect_start=True, nofile=None):
-        """`nofile`: (soft, hard) open-files limits to start the server with."""
+    def __init__(self, config_text, tmp_path, extra_args=(), expect_start=True, nofile=None, admin="127.0.0.1:0", env=None):
+        """`nofile`: (soft, hard) open-files limits to start the server with; `admin`: the
+        `--admin` argument (None: the file's); `env`: variables over the test environment (None
+        removes one, e.g. WSGATE_LOG to let the file's level decide)."""
         self.tmp = tmp_path
         self.config_path = tmp_path / f"wsgate-{id(self)}.toml"
         self.config_path.write_text(config_text)
@@ -46,10 +48,10 @@ class Wsgate:
         self._log = open(self.log_path, "wb")
         require_tool(BIN, "build it with `cargo build`")
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--config", str(self.config_path), "--admin", "127.0.0.1:0", *extra_args],
+            [BIN, "serve", "--config", str(self.config_path), *(["--admin", admin] if admin else []), *extra_args],
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env={**os.environ, "WSGATE_LOG": os.environ.get("WSGATE_TEST_LOG", "info")},
+            env={k: v for k, v in {**os.environ, "WSGATE_LOG": os.environ.get("WSGATE_TEST_LOG", "info"), **(env or {})}.items() if v is not None},
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None,
         )
         self.urls = []
@@ -68,7 +70,7 @@ class Wsgate:
             m = re.match(r"listening (wss?://\S+)", line)
             if m:
                 self.urls.append(m.group(1))
-            m = re.match(r"admin (http://\S+)/metrics", line)
+            m = re.match(r"admin (http://[^/\s]+)/", line)
             if m:
                 self.admin = m.group(1)
                 return

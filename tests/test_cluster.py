@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
@@ -252,6 +253,43 @@ def test_a_ban_on_one_node_refuses_the_address_on_every_node(wsgate, redis):
         return await refused_on(c, "/ws/chat/r")
 
     assert run(late()).headers["wsgate-reason"] == "firewall.banned"
+
+
+def admin_post(n, path, body):
+    """An admin-page action, with the anti-forgery token the page would send."""
+    with urllib.request.urlopen(n.admin + "/api/state", timeout=5) as r:
+        csrf = json.loads(r.read())["csrf"]
+    req = urllib.request.Request(n.admin + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"x-wsgate-csrf": csrf, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_an_operators_ban_and_its_lift_reach_every_node_without_a_ban_policy(wsgate, redis):
+    cluster = f'\n[cluster]\nredis = "{redis.url}"\nnode_id = "%s"\n'
+    a, b = (wsgate(config(routes=ROOM) + cluster % name) for name in ("a", "b"))
+    for n in (a, b):
+        assert n.wait_metric("wsgate_cluster_up", 1, timeout=10)
+
+    async def code_on(n):
+        try:
+            async with connect(n.url + "/ws/chat/r"):
+                return "admitted"
+        except InvalidStatus as e:
+            return e.response.headers.get("wsgate-reason")
+
+    async def until(n, want, why):
+        deadline = time.time() + 2.0
+        while (got := await code_on(n)) != want:
+            assert time.time() < deadline, f"{why}: still {got}"
+            await asyncio.sleep(0.05)
+
+    assert admin_post(a, "/api/ban", {"address": "127.0.0.1", "seconds": 60})["banned"] == "127.0.0.1"
+    run(until(a, "firewall.banned", "node a"))
+    run(until(b, "firewall.banned", "the ban did not reach node b"))
+    assert admin_post(a, "/api/unban", {"address": "127.0.0.1"})["lifted"] is True
+    run(until(b, "admitted", "the lift did not reach node b"))
+    run(until(a, "admitted", "node a"))
 
 
 KEY = "table-key-0123"  # printf %s KEY | sha256sum below

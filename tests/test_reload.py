@@ -128,3 +128,29 @@ def test_reload_without_a_pid_file_says_how(tmp_path):
     out = subprocess.run([BIN, "reload", "--pid-file", str(tmp_path / "none.pid")], capture_output=True, text=True,
                          timeout=10)
     assert out.returncode != 0 and "--pid-file" in out.stderr, out.stderr
+
+
+def test_reload_changes_the_log_level(wsgate):
+    """Without WSGATE_LOG (which fixes the level), the file's [logging] level follows a reload."""
+    quiet = config(logging='level = "warn"\nrefusal_burst = 100000\n')
+    loud = config(logging='level = "info"\nrefusal_burst = 100000\n')
+    s = wsgate(quiet, env={"WSGATE_LOG": None})
+
+    def refusal_lines():
+        assert run(status(s.url + "/ws/nowhere"))[1] == "route.not_found"
+        time.sleep(0.3)
+        return s.log().count("handshake refused")
+
+    def reload_to(text, count):
+        s.config_path.write_text(text)
+        s.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while s.metric("wsgate_config_reloads_total", result="ok") < count:
+            assert time.time() < deadline, s.log()[-2000:]
+            time.sleep(0.05)
+
+    assert refusal_lines() == 0, "warn: refusals (info) are not logged"
+    reload_to(loud, 1)
+    assert refusal_lines() == 1, "info after the reload"
+    reload_to(quiet, 2)
+    assert refusal_lines() == 1, "warn again"

@@ -34,7 +34,7 @@ fuzz_target!(|input: &[u8]| {
         .expect("a runtime");
     rt.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(wsgate_server::out::Stop::default());
         let params = Box::new(Params {
             local: Local::Echo,
             deflate,

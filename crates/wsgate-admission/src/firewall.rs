@@ -310,22 +310,60 @@ struct Strikes {
     window_start: Instant,
     count: u32,
     banned_until: Option<Instant>,
+    /// Who banned the address, for the refusal's detail and the admin page.
+    by: BanSource,
+}
+
+/// Who put a ban in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanSource {
+    /// `[firewall.ban]`: too many refusals within its window.
+    Refusals,
+    /// An operator, from the admin page.
+    Operator,
+    /// Another node of the cluster (its reason is not announced).
+    Cluster,
+}
+
+impl BanSource {
+    /// A short name for the admin page and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanSource::Refusals => "refusals",
+            BanSource::Operator => "operator",
+            BanSource::Cluster => "cluster",
+        }
+    }
+}
+
+/// A ban in force, as the admin page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanInForce {
+    /// The banned address.
+    pub ip: IpAddr,
+    /// Time left.
+    pub left: Duration,
+    /// Who banned it.
+    pub by: BanSource,
 }
 
 /// Addresses tracked at most; past it, expired entries are dropped and new ones not tracked.
 const MAX_TRACKED: usize = 100_000;
 
-/// Temporary bans. Time is passed in, so the logic is tested without waiting.
-#[derive(Debug)]
+/// Temporary bans: automatic ones (`[firewall.ban]`, when configured), an operator's and other
+/// nodes'. The list exists even without a policy, so an operator can always ban. Time is passed
+/// in, so the logic is tested without waiting.
+#[derive(Debug, Default)]
 pub struct Bans {
-    /// Replaced by a configuration reload; bans in force stay in force.
-    policy: std::sync::RwLock<BanPolicy>,
+    /// Replaced by a configuration reload; bans in force stay in force. `None`: refusals never
+    /// ban by themselves.
+    policy: std::sync::RwLock<Option<BanPolicy>>,
     state: Mutex<HashMap<IpAddr, Strikes>>,
 }
 
 impl Bans {
     /// An empty ban list.
-    pub fn new(policy: BanPolicy) -> Bans {
+    pub fn new(policy: Option<BanPolicy>) -> Bans {
         Bans {
             policy: std::sync::RwLock::new(policy),
             state: Mutex::new(HashMap::new()),
@@ -333,33 +371,43 @@ impl Bans {
     }
 
     /// The policy of a reloaded configuration, for refusals from now on.
-    pub fn set_policy(&self, policy: BanPolicy) {
+    pub fn set_policy(&self, policy: Option<BanPolicy>) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
-    fn policy(&self) -> BanPolicy {
+    fn policy(&self) -> Option<BanPolicy> {
         *self.policy.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Refuses a banned address with `firewall.banned`.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.get(&ip).and_then(|s| s.banned_until) {
-            Some(until) if until > now => Err(Refusal::new(
-                Reason::FirewallBanned,
-                format!(
-                    "client {ip} is banned for another {}s after {} refused handshakes within {:?}",
-                    (until - now).as_secs() + 1,
-                    self.policy().after,
-                    self.policy().window
-                ),
-            )),
+        let Some(s) = state.get(&ip) else {
+            return Ok(());
+        };
+        match s.banned_until {
+            Some(until) if until > now => {
+                let left = (until - now).as_secs() + 1;
+                let why = match (s.by, self.policy()) {
+                    (BanSource::Refusals, Some(p)) => {
+                        format!("after {} refused handshakes within {:?}", p.after, p.window)
+                    }
+                    (BanSource::Refusals, None) => "after repeated refused handshakes".into(),
+                    (BanSource::Operator, _) => "by an operator (admin page)".into(),
+                    (BanSource::Cluster, _) => "by another node of the cluster".into(),
+                };
+                Err(Refusal::new(
+                    Reason::FirewallBanned,
+                    format!("client {ip} is banned for another {left}s, {why}"),
+                ))
+            }
             _ => Ok(()),
         }
     }
 
-    /// Bans `ip` until `until`: a ban another node of a cluster made. A longer ban in place stays.
-    pub fn ban_until(&self, ip: IpAddr, until: Instant) {
+    /// Bans `ip` until `until` (an operator's ban, or one another node of a cluster made). A
+    /// longer ban in place stays (to shorten one, lift it first).
+    pub fn ban_until(&self, ip: IpAddr, until: Instant, by: BanSource) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() >= MAX_TRACKED && !state.contains_key(&ip) {
             return;
@@ -368,20 +416,60 @@ impl Bans {
             window_start: until,
             count: 0,
             banned_until: None,
+            by,
         });
+        let in_force = s.banned_until.is_some_and(|u| u > Instant::now());
         if s.banned_until.is_none_or(|u| u < until) {
             s.banned_until = Some(until);
+            // A ban extended (e.g. this node's own ban echoed back by the cluster) keeps its
+            // origin.
+            if !in_force {
+                s.by = by;
+            }
         }
     }
 
-    /// The policy's ban duration.
-    pub fn duration(&self) -> Duration {
-        self.policy().duration
+    /// Ends the ban of `ip` now; false when it was not banned.
+    pub fn lift(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.get(&ip) {
+            Some(s) if s.banned_until.is_some_and(|u| u > now) => {
+                state.remove(&ip);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The bans in force, longest first (at most `max`).
+    pub fn in_force(&self, now: Instant, max: usize) -> Vec<BanInForce> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<BanInForce> = state
+            .iter()
+            .filter_map(|(ip, s)| match s.banned_until {
+                Some(u) if u > now => Some(BanInForce {
+                    ip: *ip,
+                    left: u - now,
+                    by: s.by,
+                }),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.left));
+        v.truncate(max);
+        v
+    }
+
+    /// The policy's ban duration (`None` without `[firewall.ban]`).
+    pub fn duration(&self) -> Option<Duration> {
+        self.policy().map(|p| p.duration)
     }
 
     /// Counts a refusal of `ip`; returns true when this refusal starts a ban.
     pub fn record_refusal(&self, ip: IpAddr, now: Instant) -> bool {
-        let policy = self.policy();
+        let Some(policy) = self.policy() else {
+            return false;
+        };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() >= MAX_TRACKED && !state.contains_key(&ip) {
             let p = policy;
@@ -396,6 +484,7 @@ impl Bans {
             window_start: now,
             count: 0,
             banned_until: None,
+            by: BanSource::Refusals,
         });
         if s.banned_until.is_some_and(|u| u > now) {
             return false;
@@ -405,6 +494,7 @@ impl Bans {
                 window_start: now,
                 count: 0,
                 banned_until: None,
+                by: BanSource::Refusals,
             };
         }
         s.count += 1;
@@ -546,16 +636,16 @@ mod tests {
 
     #[test]
     fn a_ban_from_another_node_refuses_until_it_ends_and_never_shortens_one() {
-        let b = Bans::new(BanPolicy {
+        let b = Bans::new(Some(BanPolicy {
             after: 3,
             window: Duration::from_secs(60),
             duration: Duration::from_secs(60),
-        });
+        }));
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         let t = Instant::now();
-        b.ban_until(ip, t + Duration::from_secs(10));
+        b.ban_until(ip, t + Duration::from_secs(10), BanSource::Cluster);
         assert_eq!(b.check(ip, t).unwrap_err().reason, Reason::FirewallBanned);
-        b.ban_until(ip, t + Duration::from_secs(5));
+        b.ban_until(ip, t + Duration::from_secs(5), BanSource::Cluster);
         assert!(
             b.check(ip, t + Duration::from_secs(7)).is_err(),
             "the longer ban stays"
@@ -564,12 +654,30 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_bans_without_a_policy_and_lifts_the_ban() {
+        let b = Bans::new(None);
+        let a = ip("192.0.2.3");
+        let t = Instant::now();
+        assert!(!b.record_refusal(a, t), "no policy: refusals never ban");
+        b.ban_until(a, t + Duration::from_secs(30), BanSource::Operator);
+        let e = b.check(a, t).unwrap_err();
+        assert!(e.detail.contains("by an operator"), "{}", e.detail);
+        let listed = b.in_force(t, 10);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].by, BanSource::Operator);
+        assert!(b.lift(a, t));
+        assert!(b.check(a, t).is_ok());
+        assert!(!b.lift(a, t), "nothing left to lift");
+        assert!(b.in_force(t, 10).is_empty());
+    }
+
+    #[test]
     fn bans_start_after_n_refusals_in_the_window_and_expire() {
-        let b = Bans::new(BanPolicy {
+        let b = Bans::new(Some(BanPolicy {
             after: 3,
             window: Duration::from_secs(60),
             duration: Duration::from_secs(600),
-        });
+        }));
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         assert!(!b.record_refusal(a, t0));

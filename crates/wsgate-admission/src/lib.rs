@@ -242,8 +242,8 @@ pub struct Global {
     pub trusted_proxies: Vec<firewall::Cidr>,
     /// The one forwarding header those proxies set.
     pub client_header: firewall::ClientHeader,
-    /// Temporary bans, if enabled.
-    pub bans: Option<std::sync::Arc<firewall::Bans>>,
+    /// Temporary bans (automatic ones only with `[firewall.ban]`; an operator's always).
+    pub bans: std::sync::Arc<firewall::Bans>,
 }
 
 impl Global {
@@ -259,20 +259,15 @@ impl Global {
 
     /// Bans first (cheapest, and a banned client learns nothing more), then the global rules.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
-        if let Some(b) = &self.bans {
-            b.check(client, now)?;
-        }
+        self.bans.check(client, now)?;
         self.firewall.check(client, "global")
     }
 
     /// Counts a refusal towards a ban; true when it starts one. Refusals that are the server's
     /// own condition (5xx) do not count against the client.
     pub fn record_refusal(&self, client: IpAddr, reason: Reason, now: Instant) -> bool {
-        match &self.bans {
-            Some(b) if reason.status() < 500 && reason != Reason::FirewallBanned => {
-                b.record_refusal(client, now)
-            }
-            _ => false,
-        }
+        reason.status() < 500
+            && reason != Reason::FirewallBanned
+            && self.bans.record_refusal(client, now)
     }
 }

@@ -164,6 +164,15 @@ fn refuse_early(
 ) {
     let request_id = ids::request_id();
     shared.metrics.refused(refusal.reason);
+    shared.console.refusal(
+        refusal.reason,
+        &request_id,
+        peer,
+        peer.ip(),
+        None,
+        "-",
+        &refusal.detail,
+    );
     if let Some(suppressed_before) =
         shared
             .log_limiter

@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Publish(String, Bytes, u64),
     /// This node banned an address for a while: every node refuses it.
     Ban(std::net::IpAddr, Duration),
+    /// An operator lifted a ban: every node admits the address again.
+    Lift(std::net::IpAddr),
     /// A connection holding an identity lease ended: the lease goes (key, lease id).
     Release(String, String),
 }
@@ -168,7 +170,7 @@ impl Cluster {
     pub fn start(
         config: &crate::config::Cluster,
         metrics: Arc<Metrics>,
-        bans: Option<Arc<wsgate_admission::firewall::Bans>>,
+        bans: Arc<wsgate_admission::firewall::Bans>,
         shutdown: watch::Receiver<bool>,
     ) -> Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -292,6 +294,11 @@ impl Cluster {
     /// Tells every node that this one banned `client` for `duration`.
     pub fn ban(&self, client: std::net::IpAddr, duration: Duration) {
         self.send(Command::Ban(client, duration));
+    }
+
+    /// Tells every node that a ban on `client` was lifted.
+    pub fn lift(&self, client: std::net::IpAddr) {
+        self.send(Command::Lift(client));
     }
 
     pub(crate) fn send(&self, c: Command) {
@@ -727,8 +734,8 @@ struct Link {
     /// Identity leases held here, renewed every third of `lease_ttl`.
     leases: Leases,
     lease_ttl: Duration,
-    /// This node's bans, which other nodes' bans join (when `[firewall.ban]` is configured).
-    bans: Option<Arc<wsgate_admission::firewall::Bans>>,
+    /// This node's bans, which other nodes' bans join.
+    bans: Arc<wsgate_admission::firewall::Bans>,
     /// `PREFIX:bans`, where bans are announced.
     bans_channel: String,
     /// `PREFIX:bans`, the sorted set of the bans in force (address → end), for nodes that start
@@ -828,7 +835,7 @@ impl Link {
                             self.metrics.cluster_dropped.inc_by(n);
                         }
                         // A lease not renewed expires by itself.
-                        Some(Command::Ban(..)) | Some(Command::Release(..)) => {}
+                        Some(Command::Ban(..)) | Some(Command::Lift(..)) | Some(Command::Release(..)) => {}
                     },
                 }
             }
@@ -847,13 +854,11 @@ impl Link {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
         self.rooms.retain(|_, w| w.strong_count() > 0);
-        if self.bans.is_some() {
-            if let Err(e) = broker.subscribe(&self.bans_channel).await {
-                return Ended::Lost(e);
-            }
-            if let Err(e) = self.load_bans(broker).await {
-                return Ended::Lost(e);
-            }
+        if let Err(e) = broker.subscribe(&self.bans_channel).await {
+            return Ended::Lost(e);
+        }
+        if let Err(e) = self.load_bans(broker).await {
+            return Ended::Lost(e);
         }
         let channels: Vec<String> = self.rooms.keys().map(|k| self.channel(k)).collect();
         for c in channels {
@@ -899,6 +904,11 @@ impl Link {
                             }
                             Command::Ban(ip, d) => {
                                 if let Err(e) = self.announce_ban(broker, ip, d).await {
+                                    return Ended::Lost(e);
+                                }
+                            }
+                            Command::Lift(ip) => {
+                                if let Err(e) = self.announce_lift(broker, ip).await {
                                     return Ended::Lost(e);
                                 }
                             }
@@ -992,6 +1002,19 @@ impl Link {
             .await
     }
 
+    /// Removes the ban from the set and announces `IP 0`, which every node reads as lifted.
+    async fn announce_lift(&self, broker: &mut Redis, ip: std::net::IpAddr) -> Result<(), String> {
+        redis::cmd("ZREM")
+            .arg(&self.bans_key)
+            .arg(ip.to_string())
+            .query_async::<()>(&mut broker.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        broker
+            .publish_one(&self.bans_channel, format!("{ip} 0").as_bytes())
+            .await
+    }
+
     /// The bans in force, read when (re)connecting: a node that starts, or comes back, after a
     /// ban still refuses the address.
     async fn load_bans(&self, broker: &mut Redis) -> Result<(), String> {
@@ -1008,15 +1031,19 @@ impl Link {
 
     /// A ban announced by a node (`IP MILLISECONDS`): refused here too until it ends.
     fn banned(&self, text: &str) {
-        let (Some(bans), Some((ip, ms))) = (&self.bans, text.split_once(' ')) else {
+        let Some((ip, ms)) = text.split_once(' ') else {
             return;
         };
         let (Ok(ip), Ok(ms)) = (ip.parse::<std::net::IpAddr>(), ms.parse::<i64>()) else {
             return;
         };
+        let now = std::time::Instant::now();
         if ms > 0 {
-            let until = std::time::Instant::now() + Duration::from_millis(ms as u64);
-            bans.ban_until(ip, until);
+            let until = now + Duration::from_millis(ms as u64);
+            self.bans
+                .ban_until(ip, until, wsgate_admission::firewall::BanSource::Cluster);
+        } else {
+            self.bans.lift(ip, now);
         }
     }
 

@@ -174,7 +174,7 @@ pub struct Admit<'g> {
 }
 
 /// The global gates of a configuration, with its ban list (kept across reloads).
-fn global_gates(config: &Config, bans: Option<Arc<wsgate_admission::firewall::Bans>>) -> Global {
+fn global_gates(config: &Config, bans: Arc<wsgate_admission::firewall::Bans>) -> Global {
     Global {
         firewall: config.firewall.rules.clone(),
         trusted_proxies: config.firewall.trusted_proxies.clone(),
@@ -197,10 +197,7 @@ pub struct Gatekeeper {
 impl Gatekeeper {
     /// The gatekeeper of a validated configuration.
     pub fn new(config: &Config) -> Gatekeeper {
-        let bans = config
-            .firewall
-            .ban
-            .map(|b| Arc::new(wsgate_admission::firewall::Bans::new(b)));
+        let bans = Arc::new(wsgate_admission::firewall::Bans::new(config.firewall.ban));
         Gatekeeper {
             router: Router::new(&config.routes),
             global: global_gates(config, bans),
@@ -217,14 +214,10 @@ impl Gatekeeper {
     pub fn reloaded(&self, config: &Config) -> Gatekeeper {
         self.limits.set_policy(config.limits.clients);
         self.connections.set_max(config.limits.max_connections);
-        let bans = match (&self.global.bans, config.firewall.ban) {
-            (Some(b), Some(policy)) => {
-                b.set_policy(policy);
-                Some(b.clone())
-            }
-            (None, Some(policy)) => Some(Arc::new(wsgate_admission::firewall::Bans::new(policy))),
-            (_, None) => None,
-        };
+        // One ban list for the server's life: bans in force outlive a reload, and the cluster
+        // link keeps feeding the same list.
+        let bans = self.global.bans.clone();
+        bans.set_policy(config.firewall.ban);
         Gatekeeper {
             router: Router::new(&config.routes),
             global: global_gates(config, bans),

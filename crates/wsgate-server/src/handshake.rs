@@ -5,6 +5,7 @@
 
 use crate::accept::ConnCtx;
 use crate::config::{HttpTarget, RouteKind};
+use crate::console::ConnInfo;
 use crate::decision::{Admit, Handshake};
 use crate::metrics::Metrics;
 use crate::response::{self, Body, Context};
@@ -15,7 +16,7 @@ use crate::{ids, proxy, relay};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +35,8 @@ pub(crate) async fn handle(
     // The request head has arrived: this connection no longer counts as a handshake in progress.
     drop(ctx.pending.lock().unwrap_or_else(|p| p.into_inner()).take());
     let shared = &ctx.shared;
-    let request_id = ids::request_id();
+    let request = ids::request_number();
+    let request_id = ids::render_request(request);
     let path = req.uri().path().to_owned();
     let services = Outside {
         shared,
@@ -152,26 +154,35 @@ pub(crate) async fn handle(
         extensions.as_deref(),
         &request_id,
     );
-    let work = work(shared, route, &path, upstream, deflate);
-    // For the closing log line; one small box rather than three fields in every idle task.
-    let about = Box::new(About {
-        peer: ctx.peer,
-        request_id: request_id.clone(),
-        route: route.path.clone(),
-    });
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let work = work(shared, route, &path, upstream, deflate, conn_id);
+    // Listed for the admin page while it lives; dropping it writes the closing log line.
+    let registration = shared.console.register(
+        conn_id,
+        ConnInfo {
+            peer: ctx.peer,
+            client,
+            request,
+            route: shared.console.route_name(&route.path),
+            identity: identity.as_ref().map(|i| i.name.as_str().into()),
+            opened_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        },
+    );
     let on_upgrade = hyper::upgrade::on(&mut req);
     let track = ctx.track.clone();
     tokio::spawn(async move {
         let _track = track;
         let _places = places;
+        let _registration = registration;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(request_id = %about.request_id, error = %e, "client vanished during the upgrade");
+                tracing::debug!(conn = _registration.id(), error = %e, "client vanished during the upgrade");
                 return;
             }
         };
-        let opened = Instant::now();
         match work {
             Work::Local(params) => ws::run_local(Stream::new(upgraded), params).await,
             Work::Proxy(w) => {
@@ -180,23 +191,18 @@ pub(crate) async fn handle(
                     limits,
                     metrics,
                     shutdown,
+                    conn_id,
                 } = *w;
                 // Boxed: the relay's state is large and would otherwise size every
                 // connection's task, echo and channel ones included.
                 let deflate = up.extensions.is_some();
                 Box::pin(relay::relay(
-                    upgraded, up.io, deflate, limits, metrics, shutdown,
+                    upgraded, up.io, deflate, limits, metrics, shutdown, conn_id,
                 ))
                 .await
             }
             Work::Nothing => {}
         }
-        let About {
-            peer,
-            request_id: rid,
-            route: route_path,
-        } = &*about;
-        tracing::debug!(request_id = %rid, peer = %peer, route = %route_path, secs = opened.elapsed().as_secs_f64(), "connection closed");
     });
 
     shared
@@ -297,7 +303,8 @@ struct ProxyWork {
     up: proxy::UpstreamConn,
     limits: relay::RelayLimits,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<crate::out::Stop>,
+    conn_id: u64,
 }
 
 /// Boxed, so the task that waits for the upgrade and then runs the connection carries one
@@ -308,11 +315,11 @@ fn work(
     path: &str,
     upstream: Option<proxy::UpstreamConn>,
     deflate: Option<wsgate_handshake::deflate::Agreement>,
+    conn_id: u64,
 ) -> Work {
-    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let limits = shared.conn_limits.clone();
     let metrics = shared.metrics.clone();
-    let shutdown = shared.shutdown.clone();
+    let shutdown = shared.console.stop_signal();
     let local = match route.kind {
         RouteKind::Echo => Some(Local::Echo),
         RouteKind::Channel => Some(Local::Channel {
@@ -344,16 +351,10 @@ fn work(
             },
             metrics,
             shutdown,
+            conn_id,
         })),
         (None, None) => Work::Nothing,
     }
-}
-
-/// What the closing log line of a connection names.
-struct About {
-    peer: SocketAddr,
-    request_id: String,
-    route: String,
 }
 
 /// The places an admitted connection holds (the server-wide slot, its client's and identity's
@@ -412,10 +413,22 @@ fn refuse_with(
         .record_refusal(client, refusal.reason, Instant::now())
     {
         tracing::warn!(request_id, client = %client, "client banned after repeated refused handshakes");
-        if let (Some(c), Some(b)) = (&ctx.shared.cluster, &ctx.shared.gate.global().bans) {
-            c.ban(client, b.duration());
+        if let (Some(c), Some(d)) = (
+            &ctx.shared.cluster,
+            ctx.shared.gate.global().bans.duration(),
+        ) {
+            c.ban(client, d);
         }
     }
+    ctx.shared.console.refusal(
+        refusal.reason,
+        request_id,
+        ctx.peer,
+        client,
+        route,
+        path,
+        &refusal.detail,
+    );
     response::refuse(refusal, &c, &ctx.shared.metrics, &ctx.shared.log_limiter)
 }
 

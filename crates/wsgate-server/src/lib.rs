@@ -5,7 +5,9 @@
 //! (one request start to finish), [`decision`] (every admission step in order, without sockets)
 //! and [`response`] (the 101 or the refusal, with its log line and metric). Around them:
 //! configuration ([`config`]), the server's life ([`server`]), echo and channel connections
-//! ([`ws`], [`hub`]), upstream relaying ([`proxy`], [`relay`]), TLS ([`tls`]) and [`metrics`].
+//! ([`ws`], [`hub`]), upstream relaying ([`proxy`], [`relay`]), TLS ([`tls`]) and [`metrics`];
+//! for operators, the admin page (`admin.rs`) over what it shows and acts on ([`console`]), and
+//! a route's policy in words ([`describe`], which `wsgate check` prints too).
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +15,9 @@ mod accept;
 mod admin;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod decision;
+pub mod describe;
 pub mod extcheck;
 pub mod fdlimit;
 mod handshake;

@@ -20,6 +20,72 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// Operator closes remembered by [`Stop`]: enough for any burst of clicks, since a connection
+/// reads the channel as soon as it changes.
+const CLOSES_KEPT: usize = 64;
+
+/// What open connections are told to stop for: the server shutting down, or an operator closing
+/// some of them (by connection id; ids are never reused, so an old entry is harmless). One
+/// channel for every connection costs nothing per idle connection; a close wakes them all once.
+#[derive(Debug, Default)]
+pub struct Stop {
+    shutting_down: bool,
+    closed: VecDeque<u64>,
+}
+
+impl Stop {
+    /// Every connection stops.
+    pub fn shut_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// The connection `id` stops.
+    pub fn close(&mut self, id: u64) {
+        if self.closed.len() == CLOSES_KEPT {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(id);
+    }
+
+    fn for_conn(&self, id: u64) -> Option<Stopping> {
+        if self.shutting_down {
+            Some(Stopping::Shutdown)
+        } else if self.closed.contains(&id) {
+            Some(Stopping::Operator)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a connection was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopping {
+    /// The server shuts down (close 1001).
+    Shutdown,
+    /// An operator closed it from the admin page (close 1008).
+    Operator,
+}
+
+impl Stopping {
+    /// The close code and reason the peer (both peers, on a proxy route) is sent.
+    pub fn close(self) -> (u16, &'static str) {
+        match self {
+            Stopping::Shutdown => (1001, "server shutting down"),
+            Stopping::Operator => (1008, "closed by an operator"),
+        }
+    }
+}
+
+/// Completes once connection `id` is told to stop (at once if it already was).
+pub async fn stop_of(stop: &mut watch::Receiver<Stop>, id: u64) -> Stopping {
+    match stop.wait_for(|s| s.for_conn(id).is_some()).await {
+        Ok(s) => s.for_conn(id).unwrap_or(Stopping::Shutdown),
+        // The sender went with the server.
+        Err(_) => Stopping::Shutdown,
+    }
+}
+
 /// Writes one slice with a plain write (`send`) and several with `writev`: on Linux the vectored
 /// call costs the kernel an iovec import and VFS checks that a single buffer does not need (perf:
 /// about 4 % of the CPU of a small-message echo went there).

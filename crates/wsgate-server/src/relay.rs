@@ -16,7 +16,7 @@
 //! and closes a side that stops reading for the send timeout.
 
 use crate::metrics::Metrics;
-use crate::out::{frame_bytes, stopped, truncate, OutQueue, CLOSE_GRACE};
+use crate::out::{frame_bytes, truncate, OutQueue, CLOSE_GRACE};
 use crate::stream::Stream;
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
@@ -403,8 +403,8 @@ impl Frames {
 enum Ending {
     /// Both close frames passed, or the grace after the first ran out.
     Closed,
-    /// The server is shutting down.
-    Shutdown,
+    /// The server is shutting down, or an operator closed the connection.
+    Stopped(crate::out::Stopping),
     /// A side's connection ended (EOF, reset) without the close handshake.
     Gone { client: bool },
     /// A side broke the protocol: the close code and why.
@@ -712,7 +712,8 @@ pub async fn relay(
     deflate: bool,
     limits: RelayLimits,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<crate::out::Stop>,
+    conn_id: u64,
 ) {
     let mut relay = Relay {
         client: Stream::new(client),
@@ -738,18 +739,17 @@ pub async fn relay(
         // version is looked at.
         let probe = shutdown.clone();
         let mut registered = false;
-        let stop = stopped(&mut shutdown);
+        let stop = crate::out::stop_of(&mut shutdown, conn_id);
         tokio::pin!(stop);
         // Created when the first close frame passes: the other side gets this long to answer.
         let mut grace: Option<Pin<Box<Sleep>>> = None;
         poll_fn(|cx| {
             if !registered || !matches!(probe.has_changed(), Ok(false)) {
                 registered = true;
-                if Pin::new(&mut tokio::task::unconstrained(stop.as_mut()))
-                    .poll(cx)
-                    .is_ready()
+                if let Poll::Ready(why) =
+                    Pin::new(&mut tokio::task::unconstrained(stop.as_mut())).poll(cx)
                 {
-                    return Poll::Ready(Ending::Shutdown);
+                    return Poll::Ready(Ending::Stopped(why));
                 }
             }
             if let Poll::Ready(end) = relay.poll_relay(cx) {
@@ -809,9 +809,10 @@ pub async fn relay(
     };
     match ending {
         Ending::Closed => {}
-        Ending::Shutdown => {
-            relay.send_close(true, 1001, "server shutting down");
-            relay.send_close(false, 1001, "server shutting down");
+        Ending::Stopped(why) => {
+            let (code, reason) = why.close();
+            relay.send_close(true, code, reason);
+            relay.send_close(false, code, reason);
         }
         Ending::Gone { client: true } => relay.send_close(false, 1001, "the client went away"),
         Ending::Gone { client: false } => {

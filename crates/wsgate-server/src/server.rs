@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub conn_limits: Arc<ws::Limits>,
     /// The other nodes, on a clustered node.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// What the admin page shows and acts on: open connections, refusals, history.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl Shared {
@@ -82,6 +84,7 @@ impl Shared {
             upstream_tls,
             conn_limits: Arc::new(conn_limits(&config)),
             cluster: self.cluster.clone(),
+            console: self.console.clone(),
             config,
         })
     }
@@ -130,6 +133,9 @@ impl Live {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = shared;
     }
 }
+
+/// An admin page's reload: answered with the change summary or the error.
+pub(crate) type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// How the command line takes part in a reload.
 pub struct Reloader {
@@ -336,6 +342,7 @@ impl Server {
                     shutdown,
                     upstream_tls,
                     conn_limits,
+                    console: Arc::new(crate::console::Console::new()),
                 })),
             }),
             listeners,
@@ -378,9 +385,14 @@ impl Server {
         reload: Option<Reloader>,
     ) {
         let (track_tx, mut track_rx) = mpsc::channel::<()>(1);
+        let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
         let mut admin_task = None;
         if let Some(admin) = self.admin {
-            admin_task = Some(tokio::spawn(crate::admin::serve(admin, self.live.clone())));
+            admin_task = Some(tokio::spawn(crate::admin::serve(
+                admin,
+                self.live.clone(),
+                reload_tx,
+            )));
         }
         let mut supervisor = Supervisor {
             live: self.live.clone(),
@@ -388,6 +400,7 @@ impl Server {
             reloaders: self.reloaders,
             track: track_tx.clone(),
             reload,
+            asked: reload_rx,
         };
         for b in self.listeners {
             supervisor.spawn(b);
@@ -414,6 +427,7 @@ impl Server {
         );
         shared.gate.start_draining();
         let _ = self.shutdown_tx.send(true);
+        shared.console.shut_down();
         drop(track_tx);
         match tokio::time::timeout(drain, track_rx.recv()).await {
             Ok(_) => tracing::info!("all connections closed"),
@@ -433,6 +447,15 @@ struct Supervisor {
     reloaders: Vec<(ListenerKey, Arc<tls::CertReloader>)>,
     track: mpsc::Sender<()>,
     reload: Option<Reloader>,
+    /// Reloads asked for by the admin page.
+    asked: mpsc::Receiver<ReloadRequest>,
+}
+
+/// What started a reload: the signal (nobody waits for the outcome) or the admin page.
+enum Trigger {
+    Timer,
+    Signal,
+    Admin(ReloadRequest),
 }
 
 /// An accept loop, stopped when its listener is removed or the server stops.
@@ -453,37 +476,48 @@ impl Supervisor {
 
     async fn run(mut self, #[cfg(unix)] mut hup: Option<tokio::signal::unix::Signal>) {
         loop {
+            let tick = tokio::time::sleep(std::time::Duration::from_secs(2));
             #[cfg(unix)]
-            let forced = match hup.as_mut() {
+            let trigger = match hup.as_mut() {
                 Some(h) => tokio::select! {
-                    _ = h.recv() => true,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => false,
+                    _ = h.recv() => Trigger::Signal,
+                    Some(r) = self.asked.recv() => Trigger::Admin(r),
+                    _ = tick => Trigger::Timer,
                 },
-                None => {
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    false
-                }
+                None => tokio::select! {
+                    Some(r) = self.asked.recv() => Trigger::Admin(r),
+                    _ = tick => Trigger::Timer,
+                },
             };
             #[cfg(not(unix))]
-            let forced = {
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                false
+            let trigger = tokio::select! {
+                Some(r) = self.asked.recv() => Trigger::Admin(r),
+                _ = tick => Trigger::Timer,
             };
             let shared = self.live.load();
+            let forced = !matches!(trigger, Trigger::Timer);
             reload_certificates(&self.reloaders, &shared, forced);
-            if forced {
-                self.reload_config(&shared).await;
+            match trigger {
+                Trigger::Timer => {}
+                Trigger::Signal => {
+                    let _ = self.reload_config(&shared, "SIGHUP").await;
+                }
+                Trigger::Admin(answer) => {
+                    let outcome = self.reload_config(&shared, "admin page").await;
+                    let _ = answer.send(outcome);
+                }
             }
         }
     }
 
-    /// SIGHUP: the configuration re-read, checked as `wsgate check` would, and put in force.
-    async fn reload_config(&mut self, old: &Arc<Shared>) {
+    /// SIGHUP or the admin page: the configuration re-read, checked as `wsgate check` would, and
+    /// put in force.
+    async fn reload_config(&mut self, old: &Arc<Shared>, by: &str) -> Result<String, String> {
         let Some(reload) = &self.reload else {
             tracing::info!(
-                "SIGHUP: TLS certificates re-read; the configuration is the embedded one, so there is no file to re-read; open connections are untouched"
+                "{by}: TLS certificates re-read; the configuration is the embedded one, so there is no file to re-read; open connections are untouched"
             );
-            return;
+            return Err("the server runs the embedded configuration: there is no file to re-read (start it with --config FILE)".into());
         };
         let outcome = match (reload.load)() {
             Ok(config) => self.apply(old, config).await,
@@ -494,22 +528,23 @@ impl Supervisor {
                 (r.applied)(&self.live.load().config);
             }
         }
-        match outcome {
+        match &outcome {
             Ok(summary) => {
                 old.metrics
                     .config_reloads
                     .get_or_create(&[("result", "ok".to_owned())])
                     .inc();
-                tracing::info!(changes = %summary, "SIGHUP: configuration reloaded: new handshakes follow it, open connections are untouched");
+                tracing::info!(changes = %summary, "{by}: configuration reloaded: new handshakes follow it, open connections are untouched");
             }
             Err(e) => {
                 old.metrics
                     .config_reloads
                     .get_or_create(&[("result", "error".to_owned())])
                     .inc();
-                tracing::error!(error = %e, "SIGHUP: configuration reload failed: still serving the previous configuration");
+                tracing::error!(error = %e, "{by}: configuration reload failed: still serving the previous configuration");
             }
         }
+        outcome
     }
 
     /// Puts `config` in force; returns what changed.

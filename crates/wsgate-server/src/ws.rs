@@ -13,7 +13,7 @@
 
 use crate::hub::{Hub, Membership, Take};
 use crate::metrics::Metrics;
-use crate::out::{frame_bytes, frame_bytes_rsv1, stopped, truncate, OutQueue, CLOSE_GRACE};
+use crate::out::{frame_bytes, frame_bytes_rsv1, truncate, OutQueue, CLOSE_GRACE};
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -926,8 +926,8 @@ pub struct Params {
     pub limits: Arc<Limits>,
     /// Where messages and bytes are counted.
     pub metrics: Arc<Metrics>,
-    /// Turns true when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// Says when the server shuts down, or an operator closes this connection.
+    pub shutdown: watch::Receiver<crate::out::Stop>,
 }
 
 /// Runs an admitted echo or channel connection until it closes or the server shuts down.
@@ -1000,7 +1000,7 @@ where
         // (one atomic load) instead of polling it.
         let probe = shutdown.clone();
         let mut registered = false;
-        let stop = stopped(&mut shutdown);
+        let stop = crate::out::stop_of(&mut shutdown, conn_id);
         tokio::pin!(timer, stop);
 
         poll_fn(|cx| {
@@ -1008,11 +1008,9 @@ where
                 registered = true;
                 // Unconstrained: with the task's budget spent, a poll would return without
                 // registering, and this wait is not polled again.
-                if Pin::new(&mut unconstrained(stop.as_mut()))
-                    .poll(cx)
-                    .is_ready()
-                {
-                    return Poll::Ready(End::Close(1001, "server shutting down".into()));
+                if let Poll::Ready(why) = Pin::new(&mut unconstrained(stop.as_mut())).poll(cx) {
+                    let (code, reason) = why.close();
+                    return Poll::Ready(End::Close(code, reason.into()));
                 }
             }
             if let Poll::Ready(end) = conn.poll_io(cx) {
@@ -1197,7 +1195,7 @@ mod tests {
     async fn echo_over_a_pipe() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(1 << 20);
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = watch::channel(crate::out::Stop::default());
         let limits = Limits {
             max_message: 1 << 20,
             max_frame: 1 << 20,

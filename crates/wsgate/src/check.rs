@@ -49,7 +49,14 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
         println!();
     }
     match config.admin {
-        Some(a) => println!("admin http://{a}/metrics"),
+        Some(a) => println!(
+            "admin http://{a}/ (page{}; metrics at /metrics)",
+            if config.admin_token.is_some() {
+                ", token required"
+            } else {
+                ", no token: loopback only"
+            }
+        ),
         None => println!("admin off"),
     }
     if let Some(c) = &config.cluster {
@@ -145,79 +152,7 @@ pub(crate) fn check(args: ConfigArg) -> ExitCode {
 
 /// Prints one route's gates in the order they run.
 fn print_policy(p: &wsgate_admission::Policy, indent: &str) {
-    let show = |v: &[wsgate_admission::firewall::Cidr]| {
-        v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
-    };
-    for (name, rules) in [
-        ("listener firewall", &p.listener_firewall),
-        ("firewall", &p.firewall),
-    ] {
-        if !rules.is_empty() {
-            println!(
-                "{indent}{name}: allow {:?} deny {:?}",
-                show(&rules.allow),
-                show(&rules.deny)
-            );
-        }
-    }
-    if p.client_cert_required {
-        println!(
-            "{indent}tls identity: a client certificate is required (tls.client_cert_required)"
-        );
-    }
-    if !p.host.allow.is_empty() {
-        println!("{indent}host: {:?}", p.host.allow);
-    }
-    let origins: Vec<String> = p.origin.allow.iter().map(|e| e.to_string()).collect();
-    let missing = if p.origin.allow_missing {
-        "admitted"
-    } else {
-        "refused (origin.missing)"
-    };
-    println!("{indent}origin: allow {origins:?}; without Origin: {missing}");
-    match (&p.auth, &p.external) {
-        (_, Some(x)) => println!(
-            "{indent}auth: external check {} (timeout {:?}, cache {:?})",
-            x.url, x.timeout, x.cache_ttl
-        ),
-        (None, None) => println!("{indent}auth: none (anonymous clients admitted)"),
-        (Some(a), None) => {
-            let sources: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
-            let keys: Vec<&str> = a.api_keys.iter().map(|k| k.name.as_str()).collect();
-            let users: Vec<&str> = a.basic_users.iter().map(|u| u.name.as_str()).collect();
-            println!(
-                "{indent}auth: sources {sources:?} in that order; api keys {keys:?}; basic users {users:?}; jwt issuers {}",
-                a.jwt.len()
-            );
-            for r in a.jwt.iter().filter_map(|j| j.remote.as_ref()) {
-                println!(
-                    "{indent}  keys fetched from {}{} (refreshed on its cache headers)",
-                    r.url,
-                    if r.discovery {
-                        ", the OpenID discovery document"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-    }
-    let z = &p.authz;
-    if !z.is_empty() {
-        let claims: Vec<String> = z.claims.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        print!("{indent}authz: claims {claims:?} scopes {:?}", z.scopes);
-        if let Some(c) = &z.channel {
-            print!(
-                " channel {:?} must match a pattern in claim {:?}",
-                c.template, c.claim
-            );
-        }
-        if !z.cert_subjects.is_empty() || !z.cert_sans.is_empty() {
-            print!(
-                " certificate subject {:?} SAN {:?}",
-                z.cert_subjects, z.cert_sans
-            );
-        }
-        println!();
+    for (gate, text) in wsgate_server::describe::policy(p) {
+        println!("{indent}{gate}: {text}");
     }
 }

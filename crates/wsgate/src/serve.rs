@@ -94,7 +94,7 @@ fn apply_overrides(config: &mut Config, args: &ServeArgs) -> Result<(), String> 
             }
         },
     }
-    Ok(())
+    config.admin_exposure().map_err(|e| e.to_string())
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are registered when this is called, not when the
@@ -150,7 +150,16 @@ fn banner(config: &Config, server: &Server) {
         }
     }
     match server.admin_address() {
-        Some(a) => println!("admin http://{a}/metrics"),
+        Some(a) => {
+            let token = if config.admin_token.is_some() {
+                " (log in with admin.token)"
+            } else {
+                ""
+            };
+            println!(
+                "admin http://{a}/ (live page{token}; metrics at /metrics, health at /healthz)"
+            );
+        }
         None => println!("admin off"),
     }
     if let Some(c) = &config.cluster {

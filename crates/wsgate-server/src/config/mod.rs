@@ -51,7 +51,9 @@ pub fn from_text(
 ) -> Result<Config, ConfigError> {
     let raw = raw::parse(text, source)?;
     let checked = validate::validate(raw, source, base)?;
-    build::policies(checked, source, base, files)
+    let config = build::policies(checked, source, base, files)?;
+    config.admin_exposure()?;
+    Ok(config)
 }
 
 impl Config {

@@ -1,6 +1,7 @@
 //! The validated, immutable configuration a server runs on: every value checked, every default
 //! filled in, each route owning its parsed pattern and its gates' settings per listener.
 
+use super::ConfigError;
 use crate::pattern::Pattern;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -49,8 +50,11 @@ pub struct Config {
     pub source: String,
     /// Public listeners, in file order.
     pub listeners: Vec<Listener>,
-    /// The metrics listener, if enabled.
+    /// The admin listener (page, metrics, health), if enabled.
     pub admin: Option<SocketAddr>,
+    /// The admin page's token (`admin.token`/`admin.token_file`): required for the page and its
+    /// actions when set, and set it must be when the admin address is not loopback.
+    pub admin_token: Option<AdminToken>,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Log format and level.
@@ -333,4 +337,34 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     /// Time allowed to connect and finish the upstream handshake.
     pub connect_timeout: Duration,
+}
+
+/// The admin token: a secret, so its `Debug` (which reload summaries and logs may print) hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Shortest admin token accepted: the page's actions ban and close, so it must not be guessable.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+impl Config {
+    /// The admin address may leave loopback only behind a token: anyone who reaches the page can
+    /// ban and close. The message names the key and the fix.
+    pub fn admin_exposure(&self) -> Result<(), ConfigError> {
+        match (self.admin, &self.admin_token) {
+            (Some(a), None) if !a.ip().is_loopback() => Err(ConfigError {
+                file: self.source.clone(),
+                key: "admin.token".into(),
+                message: format!(
+                    "the admin listener {a} is not loopback, and its page can ban addresses and close connections: set admin.token (at least {MIN_ADMIN_TOKEN} characters, e.g. from `openssl rand -hex 24`) or admin.token_file, or keep admin.address on 127.0.0.1"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
 }

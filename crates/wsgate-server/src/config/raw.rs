@@ -133,6 +133,8 @@ pub(super) struct RawAdmin {
     pub(super) address: String,
     #[serde(default = "yes")]
     pub(super) enabled: bool,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -140,6 +142,8 @@ impl Default for RawAdmin {
         RawAdmin {
             address: default_admin_address(),
             enabled: true,
+            token: None,
+            token_file: None,
         }
     }
 }

@@ -74,6 +74,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
     } else {
         None
     };
+    let admin_token = admin_token(&raw.admin, base).map_err(|(k, m)| err(k.into(), m))?;
 
     let l = &raw.limits;
     let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
@@ -396,6 +397,7 @@ pub(super) fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Chec
             source: source.to_owned(),
             listeners,
             admin,
+            admin_token,
             limits,
             logging,
             routes,
@@ -567,4 +569,40 @@ fn cluster(c: super::raw::RawCluster, base: &Path) -> Result<Cluster, (String, S
         on_redis_down: c.on_redis_down.unwrap_or_default(),
         password,
     })
+}
+
+/// `admin.token` or `admin.token_file` (read now, trimmed), long enough to resist guessing.
+fn admin_token(
+    a: &super::raw::RawAdmin,
+    base: &Path,
+) -> Result<Option<AdminToken>, (&'static str, String)> {
+    let (key, token) = match (&a.token, &a.token_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "admin.token",
+                "set admin.token or admin.token_file, not both".into(),
+            ))
+        }
+        (Some(t), None) => ("admin.token", t.clone()),
+        (None, Some(f)) => {
+            let path = base.join(f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            ("admin.token_file", text.trim().to_owned())
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.chars().count() < MIN_ADMIN_TOKEN
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err((
+            key,
+            format!("the admin token must be at least {MIN_ADMIN_TOKEN} characters without spaces (e.g. `openssl rand -hex 24`)"),
+        ));
+    }
+    Ok(Some(AdminToken(token)))
 }
