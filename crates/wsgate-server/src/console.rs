@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use wsgate_reasons::Reason;
 
@@ -153,7 +153,8 @@ struct Totals {
 
 /// The admin page's state; one per server, shared by every configuration it runs.
 pub struct Console {
-    conns: [Mutex<HashMap<u64, ConnInfo>>; SHARDS],
+    /// Shared with the connection's own task, so listing a connection costs the map slot only.
+    conns: [Mutex<HashMap<u64, Arc<ConnInfo>>>; SHARDS],
     /// Route names handed to connections, one allocation per route rather than per connection.
     routes: Mutex<Vec<Arc<str>>>,
     refusals: Mutex<VecDeque<RefusalEntry>>,
@@ -196,7 +197,7 @@ impl Console {
         }
     }
 
-    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, ConnInfo>> {
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
         self.conns[(id as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -226,11 +227,11 @@ impl Console {
     /// Lists an admitted connection until the returned registration is dropped.
     pub fn register(self: &Arc<Self>, id: u64, info: ConnInfo) -> Registration {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        self.shard(id).insert(id, info);
+        let info = Arc::new(info);
+        self.shard(id).insert(id, info.clone());
         Registration {
             console: self.clone(),
             id,
-            since: Instant::now(),
         }
     }
 
@@ -238,7 +239,7 @@ impl Console {
     pub fn close(&self, id: u64) -> Option<ConnInfo> {
         let info = self.shard(id).get(&id).cloned()?;
         self.stop.send_modify(|s| s.close(id));
-        Some(info)
+        Some(ConnInfo::clone(&info))
     }
 
     /// Open connections matching `filter`, newest first (at most `max`), and how many matched.
@@ -252,7 +253,7 @@ impl Console {
                     .filter(|(_, c)| {
                         filter.matches(None, Some(&c.route), c.client, c.peer, &c.request_id())
                     })
-                    .map(|(id, c)| (*id, c.clone())),
+                    .map(|(id, c)| (*id, ConnInfo::clone(c))),
             );
         }
         let total = found.len();
@@ -405,7 +406,6 @@ impl Console {
 pub struct Registration {
     console: Arc<Console>,
     id: u64,
-    since: Instant,
 }
 
 impl Registration {
@@ -418,7 +418,8 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(c) = self.console.shard(self.id).remove(&self.id) {
-            tracing::debug!(request_id = %c.request_id(), peer = %c.peer, route = %c.route, secs = self.since.elapsed().as_secs_f64(), "connection closed");
+            let secs = (unix_ms(SystemTime::now()).saturating_sub(c.opened_ms)) as f64 / 1000.0;
+            tracing::debug!(request_id = %c.request_id(), peer = %c.peer, route = %c.route, secs, "connection closed");
         }
     }
 }
