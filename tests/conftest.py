@@ -349,3 +349,31 @@ def start_python(script, *args, tmp_path):
         proc.kill()
         raise RuntimeError(f"{script} did not start: {line}")
     return proc, int(m.group(1))
+
+
+def start_nginx(d, conf, **fmt):
+    """Starts Debian's nginx unprivileged in the foreground on a free loopback port with `conf`
+    (formatted with d=the directory, port=the port, and `fmt`); returns (process, port). Fails in
+    CI and skips elsewhere when nginx is missing."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not exe:
+        msg = "nginx is missing (Debian package nginx); scripts/test installs it"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    port = free_port()
+    (d / "nginx.conf").write_text(conf.format(d=d, port=port, **fmt))
+    proc = subprocess.Popen(
+        [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", f"daemon off; pid {d}/nginx.pid; error_log stderr;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("nginx did not listen in time")

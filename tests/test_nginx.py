@@ -3,14 +3,11 @@ Upgrade forwarding), with `deny`, with an Origin check returning 403, with `auth
 and with a short idle timeout."""
 
 import json
-import os
-import shutil
 import subprocess
-import time
 
 import pytest
 
-from conftest import BIN, IN_CI, config, free_port, start_python
+from conftest import BIN, config, free_port, start_nginx, start_python
 from test_doctor import doctor, fixes
 
 NGINX_CONF = """
@@ -83,12 +80,6 @@ http {{
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if not exe:
-        msg = "nginx is missing (Debian package nginx); scripts/test installs it"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
     d = tmp_path_factory.mktemp("nginx")
     from conftest import Wsgate
 
@@ -97,22 +88,7 @@ def nginx(tmp_path_factory):
     backend = Wsgate(config(routes=routes, limits='ping_interval = "5m"\nidle_timeout = "10m"\n'), d)
     py, py_port = start_python("ws_upstream.py", "echo", tmp_path=d)
     same = Wsgate(config(), d)  # default policy: same-origin, compared with the Host it receives
-    port = free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, ws=backend.port, py=py_port, dead=free_port(), same=same.port))
-    proc = subprocess.Popen(
-        [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", f"daemon off; pid {d}/nginx.pid; error_log stderr;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    import socket
-
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode()}")
-            time.sleep(0.05)
+    proc, port = start_nginx(d, NGINX_CONF, ws=backend.port, py=py_port, dead=free_port(), same=same.port)
     yield f"ws://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
@@ -130,8 +106,10 @@ def test_nginx_done_right(nginx):
 def test_nginx_without_upgrade_forwarding(nginx):
     d = doctor(nginx + "/wrong")
     assert d["cause"] in ("http.upgrade_required", "http.not_websocket"), d["evidence"]
-    assert d["server"]["software"] == "nginx"
+    # The backend's own words come back through nginx: both are named, and the fix is nginx's.
+    assert d["server"]["software"] == "Python websockets" and d["server"]["via"] == "nginx", d["server"]
     assert "proxy_set_header Upgrade $http_upgrade" in fixes(d, "server")
+    assert any(f["software"] == "nginx" and "proxy_http_version 1.1" in f["text"] for f in d["fixes"]), d["fixes"]
 
 
 def test_nginx_deny(nginx):

@@ -8,8 +8,19 @@ use wsgate_doctor::probe::{close_of, parse_response_head, take_server_frame};
 use wsgate_doctor::tls::{describe_chain, leaf_checks};
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(resp) = parse_response_head(data) {
-        let _ = wsgate_doctor::analyze::server_info(&resp, "/ws");
+    if let Some(mut resp) = parse_response_head(data) {
+        // The same bytes as a body too: recognition and the refusal's text are read from it.
+        resp.body = String::from_utf8_lossy(data).into_owned();
+        let _ = wsgate_doctor::analyze::server_info(&resp, "/ws", Some(&resp));
+        let _ = wsgate_doctor::servers::challenge(&resp);
+        let req = wsgate_doctor::probe::Request {
+            origin: Some("https://app.example".into()),
+            token: None,
+            subprotocols: vec!["chat.v1".into()],
+            headers: vec![],
+            plain: false,
+        };
+        let _ = wsgate_doctor::analyze::read_alone(&req, &resp);
     }
     let mut buf = data.to_vec();
     while let Some(Ok((op, payload))) = take_server_frame(&mut buf) {

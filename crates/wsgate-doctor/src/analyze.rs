@@ -2,6 +2,7 @@
 //! for an HTTP refusal, recognises the server, and writes the fixes.
 
 use crate::probe::{self, Outcome, Request, Response, Target};
+use crate::servers::{self, Confidence, Role};
 use crate::tls::Tls;
 use crate::{Diagnosis, Experiment, Fix, Options, Reason, ServerInfo, Side, TokenVia};
 
@@ -24,7 +25,7 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         server: first
             .response
             .as_ref()
-            .map(|r| server_info(r, &target.path_and_query))
+            .map(|r| server_info(r, &target.path_and_query, None))
             .unwrap_or_default(),
         browser: String::new(),
     };
@@ -32,6 +33,28 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
     if let Some((reason, detail)) = first.failure.clone() {
         let reason = if reason == Reason::TlsRequired && !target.tls {
             confirm_tls(opts, target, tls).await
+        } else if target.tls && (first.tls_silent || reason == Reason::TlsNotTls) {
+            // Closed on the client hello without a TLS alert: a plain server says so in HTTP.
+            match confirm_plain(opts, target, tls).await {
+                Some(answer) => {
+                    d.evidence.push(format!(
+                        "a plain HTTP request to the same port got HTTP {} {}: the port does not speak TLS",
+                        answer.status, answer.reason
+                    ));
+                    d.server = server_info(&answer, &target.path_and_query, None);
+                    Reason::TlsNotTls
+                }
+                None => {
+                    d.evidence.push(
+                        "a plain HTTP request to the same port got no HTTP answer either".into(),
+                    );
+                    if first.tls_silent {
+                        Reason::TlsProtocol
+                    } else {
+                        reason
+                    }
+                }
+            }
         } else {
             reason
         };
@@ -57,11 +80,17 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         return d;
     };
     d.evidence.push(format!("sent:\n{}", first.sent.trim_end()));
+    let body_line: String = first_line(&resp.body).chars().take(200).collect();
     d.evidence.push(format!(
-        "received: HTTP {} {}\n{}",
+        "received: HTTP {} {}\n{}{}",
         resp.status,
         resp.reason,
-        headers_text(&resp)
+        headers_text(&resp),
+        if body_line.is_empty() {
+            String::new()
+        } else {
+            format!("\n\n{body_line}")
+        }
     ));
     if resp.status == 101 {
         opened(&mut d, &first, &resp, &base);
@@ -71,6 +100,12 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         "WebSocket connection to '{}' failed: Error during WebSocket handshake: Unexpected response code: {}; the page's onclose sees only code 1006",
         opts.url, resp.status
     );
+    // A CDN's challenge page: the handshake never reached the server behind it.
+    if let Some(why) = servers::challenge(&resp) {
+        d.evidence.push(why);
+        conclude(&mut d, Reason::CdnChallenge, Some(&resp), &first);
+        return d;
+    }
     // The server names its own reason: nothing to guess.
     if let Some(code) = d.server.reason.clone() {
         if let Some(r) = Reason::from_code(&code) {
@@ -101,10 +136,24 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         return d;
     }
     let cause = if opts.experiments {
-        let (experiments, cause, notes) = experiment(opts, target, tls, &base, &resp).await;
-        d.experiments = experiments;
-        d.evidence.extend(notes);
-        cause
+        let identify = d.server.confidence != Some(Confidence::High);
+        let software = d.server.software.clone();
+        let found = experiment(
+            opts,
+            target,
+            tls,
+            &base,
+            &resp,
+            identify,
+            software.as_deref(),
+        )
+        .await;
+        d.experiments = found.experiments;
+        d.evidence.extend(found.notes);
+        if let Some(plain) = &found.plain {
+            d.server = server_info(&resp, &target.path_and_query, Some(plain));
+        }
+        found.cause
     } else {
         d.evidence.push(
             "experiments are off (--no-experiments): the cause is read from the answer alone"
@@ -134,6 +183,11 @@ fn host_rewrite_hint(d: &mut Diagnosis, cause: Reason, base: &Request, target: &
             1.min(d.fixes.len()),
             Fix {
                 side: Side::Server,
+                software: d
+                    .server
+                    .via
+                    .clone()
+                    .unwrap_or_else(|| "the proxy in front".into()),
                 text: "Make the reverse proxy pass the client's Host to the backend (nginx: `proxy_set_header Host $host;`), or allow this origin explicitly in the backend".into(),
             },
         );
@@ -165,6 +219,17 @@ async fn confirm_tls(opts: &Options, target: &Target, tls: &Tls) -> Reason {
     } else {
         Reason::TcpReset
     }
+}
+
+/// A wss:// handshake closed without a TLS alert: does the port answer plain HTTP?
+async fn confirm_plain(opts: &Options, target: &Target, tls: &Tls) -> Option<Response> {
+    let mut t = target.clone();
+    t.tls = false;
+    let mut quick = opts.clone();
+    quick.hold = None;
+    let mut req = Request::from_options(opts);
+    req.plain = true;
+    probe::attempt(&quick, &t, tls, &req, false).await.response
 }
 
 fn opened(d: &mut Diagnosis, first: &Outcome, resp: &Response, base: &Request) {
@@ -224,6 +289,7 @@ fn opened(d: &mut Diagnosis, first: &Outcome, resp: &Response, base: &Request) {
                 0,
                 Fix {
                     side: Side::Client,
+                    software: "the client".into(),
                     text: extra,
                 },
             );
@@ -247,26 +313,87 @@ fn opened(d: &mut Diagnosis, first: &Outcome, resp: &Response, base: &Request) {
     };
 }
 
-/// What a refusal's body says about its cause, when variations could not tell (servers that
-/// refuse every Origin but one, for example, refuse a missing Origin too).
-fn body_hint(base: &Request, resp: &Response) -> Option<Reason> {
+/// Whether an answer's text says nothing beyond its status (a default error page, or `ws`'s
+/// status text as the whole body): such text is no statement of a reason.
+fn says_nothing(resp: &Response) -> bool {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in resp.body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    let mut noise: Vec<String> = vec![resp.status.to_string()];
+    noise.extend(
+        resp.reason
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    if let Some(server) = resp.header("server") {
+        noise.extend(
+            server
+                .to_ascii_lowercase()
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+    }
+    let left: usize = text
+        .split(|c: char| c.is_whitespace())
+        .filter(|w| !w.is_empty() && !noise.iter().any(|n| n == w))
+        .map(|w| w.chars().filter(|c| c.is_ascii_alphabetic()).count())
+        .sum();
+    left < 4
+}
+
+/// The reason an answer's own text states, if it names one (the server's words, read only when
+/// they say more than the status).
+fn stated(base: &Request, resp: &Response) -> Option<Reason> {
+    let version_header = matches!(resp.status, 400 | 426)
+        && resp.header("sec-websocket-version").is_some()
+        && resp.header("upgrade").is_none();
+    if says_nothing(resp) {
+        return version_header.then_some(Reason::HandshakeVersion);
+    }
     let body = resp.body.to_ascii_lowercase();
-    if body.contains("origin") {
+    let any = |words: &[&str]| words.iter().any(|w| body.contains(w));
+    if any(&["origin"]) {
         Some(if base.origin.is_some() {
             Reason::OriginNotAllowed
         } else {
             Reason::OriginMissing
         })
-    } else if [
+    } else if any(&["subprotocol", "sec-websocket-protocol"]) {
+        Some(Reason::SubprotocolUnsupported)
+    } else if version_header
+        || any(&[
+            "sec-websocket-version",
+            "unsupported version",
+            "websocket version",
+        ])
+    {
+        Some(Reason::HandshakeVersion)
+    } else if any(&[
+        "invalid host",
+        "host header",
+        "disallowedhost",
+        "host not allowed",
+        "unknown host",
+    ]) {
+        Some(Reason::HostNotAllowed)
+    } else if any(&[
         "token",
         "unauthorized",
         "unauthenticated",
         "credential",
         "login",
-    ]
-    .iter()
-    .any(|w| body.contains(w))
-    {
+        "authenticat",
+        "api key",
+        "apikey",
+    ]) {
         Some(if base.token.is_some() {
             Reason::AuthInvalid
         } else {
@@ -281,48 +408,116 @@ fn first_line(body: &str) -> &str {
     body.lines().next().unwrap_or("").trim()
 }
 
-/// The causes and fixes when no experiment could be run.
-fn read_alone(base: &Request, resp: &Response) -> Reason {
-    if let Some(r) = body_hint(base, resp) {
+/// Servers that answer 401 for any refusal (Node `ws` does for a `verifyClient` that says no):
+/// their 401 does not ask for a credential.
+const ANY_REFUSAL_IS_401: &[&str] = &["Node ws"];
+
+/// A refusal that no variation explained (or, without `varied`, that none was sent for): its
+/// text, a challenge, or the status decides. A 401 without a challenge asks for a credential
+/// (`auth.missing` when none was sent, `auth.invalid` when every place for one was refused),
+/// except from a server that answers 401 for any refusal, where it says no more than a 403.
+fn unexplained(
+    base: &Request,
+    resp: &Response,
+    varied: bool,
+    software: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Reason {
+    let status = resp.status;
+    if let Some(r) = stated(base, resp) {
+        notes.push(format!(
+            "the refusal's own text states it: {:?}",
+            if resp.body.trim().is_empty() {
+                resp.header("sec-websocket-version").unwrap_or("")
+            } else {
+                first_line(&resp.body)
+            }
+        ));
         return r;
     }
-    if resp.status == 401 || resp.header("www-authenticate").is_some() {
+    let any_401 = software.is_some_and(|s| ANY_REFUSAL_IS_401.contains(&s));
+    if resp.header("www-authenticate").is_some() || (status == 401 && !(varied && any_401)) {
+        notes.push(format!(
+            "HTTP {status}{}",
+            if resp.header("www-authenticate").is_some() {
+                " with WWW-Authenticate"
+            } else {
+                ""
+            }
+        ));
         return if base.token.is_some() {
             Reason::AuthInvalid
         } else {
             Reason::AuthMissing
         };
     }
-    if resp.status == 400 && resp.body.to_ascii_lowercase().contains("upgrade") {
+    if status == 400 && resp.body.to_ascii_lowercase().contains("upgrade") {
         return Reason::HttpUpgradeRequired;
     }
-    Reason::ForbiddenUnconditional
+    if matches!(status, 401 | 403) {
+        notes.push(format!(
+            "HTTP {status} whatever was varied, and a text that names no cause: not an Origin, credential or subprotocol rule{}",
+            if status == 401 {
+                format!(" ({} answers 401 for any refusal)", software.unwrap_or("the server"))
+            } else {
+                String::new()
+            }
+        ));
+        return Reason::ForbiddenUnconditional;
+    }
+    notes.push(format!(
+        "HTTP {status} {} whatever was varied; the answer's text: {:?}",
+        resp.reason,
+        first_line(&resp.body)
+    ));
+    Reason::HttpRefused
 }
 
-/// Sends the variations and reads the pattern.
+/// The cause an answer alone shows, when no variation could be sent (`--no-experiments`).
+pub fn read_alone(base: &Request, resp: &Response) -> Reason {
+    unexplained(base, resp, false, None, &mut Vec::new())
+}
+
+/// What the variations found.
+struct Found {
+    experiments: Vec<Experiment>,
+    cause: Reason,
+    notes: Vec<String>,
+    /// The answer to the plain GET, when one was sent to identify the server.
+    plain: Option<Response>,
+}
+
+/// Sends the variations (at most [`MAX_EXPERIMENTS`], the most telling first) and reads the
+/// pattern. `identify` adds a plain GET for a server not yet recognised for sure; `wsgate`
+/// adds wsgate's own credential places.
 async fn experiment(
     opts: &Options,
     target: &Target,
     tls: &Tls,
     base: &Request,
     resp: &Response,
-) -> (Vec<Experiment>, Reason, Vec<String>) {
+    identify: bool,
+    software: Option<&str>,
+) -> Found {
+    let wsgate = software == Some("wsgate");
     let own = target.own_origin(target.tls);
-    let mut vars: Vec<(String, Request, &'static str)> = Vec::new();
+    // (priority, what changed, the request, its kind): lower priorities are sent first.
+    let mut vars: Vec<(u8, String, Request, &'static str)> = Vec::new();
     let with = |f: &dyn Fn(&mut Request)| {
         let mut r = base.clone();
         f(&mut r);
         r
     };
-    if base.origin.is_some() {
-        vars.push(("no Origin".into(), with(&|r| r.origin = None), "origin"));
-    }
     if base.origin.as_deref() != Some(own.as_str()) {
         vars.push((
+            0,
             format!("Origin {own} (the server's own)"),
             with(&|r| r.origin = Some(own.clone())),
             "origin",
         ));
+    }
+    if base.origin.is_some() {
+        vars.push((1, "no Origin".into(), with(&|r| r.origin = None), "origin"));
     }
     if let Some(o) = &base.origin {
         let flipped = if let Some(rest) = o.strip_prefix("https://") {
@@ -334,6 +529,7 @@ async fn experiment(
         };
         if flipped != *o {
             vars.push((
+                6,
                 format!("Origin {flipped} (other scheme)"),
                 with(&|r| r.origin = Some(flipped.clone())),
                 "origin",
@@ -342,21 +538,26 @@ async fn experiment(
     }
     if let Some((token, via)) = &base.token {
         vars.push((
+            2,
             "without the credential".into(),
             with(&|r| r.token = None),
             "token-off",
         ));
-        for other in [
+        let mut places = vec![
             TokenVia::Header,
             TokenVia::Query("access_token".into()),
-            TokenVia::Cookie("wsgate_token".into()),
-            TokenVia::Subprotocol("token.".into()),
-        ] {
+            TokenVia::Query("token".into()),
+        ];
+        if wsgate {
+            places.push(TokenVia::Cookie("wsgate_token".into()));
+            places.push(TokenVia::Subprotocol("token.".into()));
+        }
+        for (i, other) in places.into_iter().enumerate() {
             if other != *via {
-                let desc = format!("credential in {}", other.describe());
                 let t = token.clone();
                 vars.push((
-                    desc,
+                    if i < 3 { 3 } else { 7 },
+                    format!("credential in {}", other.describe()),
                     with(&|r| r.token = Some((t.clone(), other.clone()))),
                     "token",
                 ));
@@ -365,14 +566,36 @@ async fn experiment(
     }
     if !base.subprotocols.is_empty() {
         vars.push((
+            4,
             "no subprotocols offered".into(),
             with(&|r| r.subprotocols.clear()),
             "subprotocol",
         ));
     }
-    vars.truncate(MAX_EXPERIMENTS);
+    if identify {
+        vars.push((
+            5,
+            "a plain GET (no Upgrade), to identify the server".into(),
+            with(&|r| r.plain = true),
+            "identify",
+        ));
+    }
+    vars.sort_by_key(|v| v.0);
+    let mut notes = Vec::new();
+    if vars.len() > MAX_EXPERIMENTS {
+        let skipped: Vec<String> = vars[MAX_EXPERIMENTS..]
+            .iter()
+            .map(|v| v.1.clone())
+            .collect();
+        notes.push(format!(
+            "not tried (at most {MAX_EXPERIMENTS} variations per diagnosis): {}",
+            skipped.join("; ")
+        ));
+        vars.truncate(MAX_EXPERIMENTS);
+    }
     let mut results = Vec::new();
-    for (change, req, kind) in &vars {
+    let mut plain = None;
+    for (_, change, req, kind) in &vars {
         let o = probe::attempt(opts, target, tls, req, false).await;
         let status = o.response.as_ref().map(|r| r.status).unwrap_or(0);
         let code = o
@@ -380,6 +603,9 @@ async fn experiment(
             .as_ref()
             .and_then(|r| r.header("wsgate-reason"))
             .map(str::to_owned);
+        if *kind == "identify" {
+            plain = o.response.clone();
+        }
         results.push((
             Experiment {
                 change: change.clone(),
@@ -396,7 +622,6 @@ async fn experiment(
             .map(|(e, _)| e.change.clone())
             .collect::<Vec<_>>()
     };
-    let mut notes = Vec::new();
     let base_status = resp.status;
     let cause = if !admitted("origin").is_empty() {
         let works = admitted("origin");
@@ -420,43 +645,32 @@ async fn experiment(
             admitted("token").join("; ")
         ));
         Reason::AuthMissing
+    } else if !admitted("token-off").is_empty() {
+        notes.push(
+            "admitted without the credential: the credential itself is refused (invalid, expired, or for another audience)".into(),
+        );
+        Reason::AuthInvalid
     } else if !admitted("subprotocol").is_empty() {
         notes.push(format!(
             "refused when offering {:?}, admitted when offering none",
             base.subprotocols
         ));
         Reason::SubprotocolUnsupported
-    } else if let Some(r) = body_hint(base, resp) {
-        notes.push(format!(
-            "no variation was admitted; the refusal's own text points to it: {:?}",
-            first_line(&resp.body)
-        ));
-        r
-    } else if base_status == 401 || resp.header("www-authenticate").is_some() {
-        notes.push(format!(
-            "HTTP {base_status}{}",
-            if resp.header("www-authenticate").is_some() {
-                " with WWW-Authenticate"
-            } else {
-                ""
-            }
-        ));
-        if base.token.is_some() {
-            Reason::AuthInvalid
-        } else {
-            Reason::AuthMissing
-        }
-    } else if base_status == 400 && resp.body.to_ascii_lowercase().contains("upgrade") {
-        Reason::HttpUpgradeRequired
     } else {
-        notes.push(format!("HTTP {base_status} survived every variation: not an Origin, credential or subprotocol rule"));
-        Reason::ForbiddenUnconditional
+        unexplained(base, resp, true, software, &mut notes)
     };
-    (results.into_iter().map(|(e, _)| e).collect(), cause, notes)
+    Found {
+        experiments: results.into_iter().map(|(e, _)| e).collect(),
+        cause,
+        notes,
+        plain,
+    }
 }
 
-/// Fills cause, summary and fixes (the catalog's, tailored when the server is recognised).
-fn conclude(d: &mut Diagnosis, reason: Reason, resp: Option<&Response>, first: &Outcome) {
+/// Fills cause, summary and fixes: the client's, then the setting to change in the software
+/// that answered (and in the front door before it), then the general fix. wsgate's own
+/// configuration is advised only when the server is wsgate.
+fn conclude(d: &mut Diagnosis, reason: Reason, _resp: Option<&Response>, first: &Outcome) {
     d.ok = false;
     d.cause = Some(reason.code().to_owned());
     d.summary = reason.message().to_owned();
@@ -464,21 +678,81 @@ fn conclude(d: &mut Diagnosis, reason: Reason, resp: Option<&Response>, first: &
         d.browser =
             "WebSocket connection failed; the page's onclose sees code 1006 and no reason".into();
     }
+    let is_wsgate = d.server.software.as_deref() == Some("wsgate");
+    let admitted = d
+        .experiments
+        .iter()
+        .find(|e| e.status == 101 && e.change.starts_with("credential in"))
+        .map(|e| e.change.clone());
     d.fixes.push(Fix {
         side: Side::Client,
-        text: reason.client_fix().to_owned(),
+        software: "the client".into(),
+        text: (!is_wsgate)
+            .then(|| servers::client_fix(reason, admitted.as_deref()))
+            .flatten()
+            .unwrap_or_else(|| reason.client_fix().to_owned()),
     });
-    let software = d.server.software.clone().unwrap_or_default();
-    if let Some(text) = tailored(reason, &software, first, resp) {
+    let origin = first
+        .sent
+        .lines()
+        .find_map(|l| l.strip_prefix("Origin: "))
+        .unwrap_or("https://your-page.example")
+        .to_owned();
+    let path = first
+        .sent
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let subprotocols: Vec<String> = first
+        .sent
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Protocol: "))
+        .map(|v| v.split(',').map(|p| p.trim().to_owned()).collect())
+        .unwrap_or_default();
+    let ctx = servers::Context {
+        origin: &origin,
+        path: &path,
+        subprotocols: &subprotocols,
+    };
+    let software = d.server.software.clone();
+    let mut specific = false;
+    for name in software.iter().chain(d.server.via.iter()) {
+        if let Some(text) = servers::fix(name, reason, &ctx) {
+            d.fixes.push(Fix {
+                side: Side::Server,
+                software: name.clone(),
+                text,
+            });
+            specific = true;
+        }
+    }
+    if is_wsgate || !reason.is_refusal() {
+        // wsgate's own texts, or a cause whose catalog text fits any server.
         d.fixes.push(Fix {
             side: Side::Server,
+            software: software.clone().unwrap_or_else(|| "any server".into()),
+            text: reason.operator_fix().to_owned(),
+        });
+    } else if let Some(text) = servers::generic(reason, &ctx).filter(|_| !specific) {
+        d.fixes.push(Fix {
+            side: Side::Server,
+            software: software
+                .clone()
+                .map_or("any server".into(), |s| format!("{s} (no setting known)")),
             text,
         });
+    } else if !specific {
+        d.fixes.push(Fix {
+            side: Side::Server,
+            software: software.clone().unwrap_or_else(|| "any server".into()),
+            text: format!(
+                "the server refused with what amounts to {}: look at its log for this request",
+                reason.code()
+            ),
+        });
     }
-    d.fixes.push(Fix {
-        side: Side::Server,
-        text: reason.operator_fix().to_owned(),
-    });
     if let Some(rid) = &d.server.request_id {
         d.evidence.push(format!(
             "quote request id {rid} to the operator: it finds the server's log line"
@@ -486,97 +760,39 @@ fn conclude(d: &mut Diagnosis, reason: Reason, resp: Option<&Response>, first: &
     }
 }
 
-/// Server-specific configuration for the most common causes.
-fn tailored(
-    reason: Reason,
-    software: &str,
-    first: &Outcome,
-    _resp: Option<&Response>,
-) -> Option<String> {
-    let origin = first
-        .sent
-        .lines()
-        .find_map(|l| l.strip_prefix("Origin: "))
-        .unwrap_or("https://your-page.example")
-        .to_owned();
-    match (reason, software) {
-        (Reason::OriginNotAllowed, "wsgate") => Some(format!("wsgate: add the page's origin to the route: `origins = [\"{origin}\"]`")),
-        (Reason::OriginNotAllowed, "Python websockets") => Some(format!("Python websockets: `serve(handler, host, port, origins=[\"{origin}\"])`")),
-        (Reason::OriginNotAllowed, "nginx") => Some(format!("nginx: allow the origin in the check on $http_origin, e.g. `if ($http_origin !~* ^{}$) {{ return 403; }}`", origin.replace('.', "\\."))),
-        (Reason::HttpUpgradeRequired | Reason::HttpNotWebsocket, "nginx") => Some(
-            "nginx: in the location: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`".into(),
-        ),
-        (Reason::OriginNotAllowed | Reason::ForbiddenUnconditional, "Chromium DevTools") => Some(format!(
-            "Chromium: start the browser with `--remote-allow-origins={origin}` (or connect without an Origin header)"
-        )),
-        (Reason::OriginNotAllowed, "gorilla/websocket") => Some(format!(
-            "gorilla/websocket: let Upgrader.CheckOrigin accept {origin} (compare r.Header.Get(\"Origin\") with your allowlist; never return true for all)"
-        )),
-        (Reason::OriginNotAllowed | Reason::ForbiddenUnconditional, "Phoenix") => Some(format!(
-            "Phoenix: add the origin to the socket's `check_origin: [\"{origin}\"]` in the endpoint"
-        )),
-        (Reason::HttpNotFound, "Rails Action Cable") => Some(format!(
-            "Rails Action Cable refuses disallowed origins with 404: add it to `config.action_cable.allowed_request_origins = [\"{origin}\"]`"
-        )),
-        (_, "Socket.IO") => Some(
-            "Socket.IO speaks its own protocol over WebSocket: connect with a Socket.IO client, or use the engine URL `/socket.io/?EIO=4&transport=websocket`".into(),
-        ),
-        (Reason::ForbiddenUnconditional, "nginx") => Some("nginx: look for `deny`/`allow` rules and `return 403` in the server and location blocks for this path".into()),
-        (Reason::ForbiddenUnconditional, "Envoy") => Some("Envoy: the RBAC filter refused the request; check its policies for this path and principal".into()),
-        (Reason::ForbiddenUnconditional, "Cloudflare") => Some("Cloudflare: check the WAF and firewall rules (Security → Events) for this request's cf-ray".into()),
-        (Reason::AuthMissing, _) if !software.is_empty() => Some(format!(
-            "{software}: browsers cannot set Authorization on a WebSocket: accept the credential in a cookie, a query parameter or a subprotocol entry"
-        )),
+/// Recognises the server and front door from an answer, the path asked for, and the answer to a
+/// plain GET when one was sent.
+pub fn server_info(resp: &Response, path: &str, plain: Option<&Response>) -> ServerInfo {
+    let found = servers::recognise(&servers::Seen { resp, path, plain });
+    let first = found.first();
+    let via = match first {
+        Some(f) if f.role == Role::App => found
+            .iter()
+            .find(|f| f.role == Role::Front)
+            .map(|f| f.name.to_owned()),
         _ => None,
-    }
-}
-
-/// Recognises common servers and front doors from an answer (and the path asked for).
-pub fn server_info(resp: &Response, path: &str) -> ServerInfo {
-    let server = resp.header("server").map(str::to_owned);
-    let s = server.clone().unwrap_or_default().to_ascii_lowercase();
-    let body = resp.body.to_ascii_lowercase();
-    let software = if body.contains("--remote-allow-origins") || path.starts_with("/devtools/") {
-        Some("Chromium DevTools")
-    } else if path.contains("/socket.io/")
-        || body.contains("\"transport unknown\"")
-        || body.contains("\"code\":3")
-    {
-        Some("Socket.IO")
-    } else if path.starts_with("/cable") && resp.status == 404 {
-        Some("Rails Action Cable")
-    } else if body.contains("upgrader.checkorigin")
-        || body.contains("websocket: request origin not allowed")
-    {
-        Some("gorilla/websocket")
-    } else if body.contains("phoenix") {
-        Some("Phoenix")
-    } else if resp.header("wsgate-reason").is_some()
-        || resp.header("x-request-id").is_some() && s.is_empty() && resp.status == 101
-    {
-        Some("wsgate")
-    } else if resp.header("cf-ray").is_some() || s.contains("cloudflare") {
-        Some("Cloudflare")
-    } else if resp.header("x-amzn-requestid").is_some() || resp.header("x-amz-apigw-id").is_some() {
-        Some("AWS API Gateway")
-    } else if s.contains("nginx") {
-        Some("nginx")
-    } else if s.contains("envoy") || body.contains("rbac: access denied") {
-        Some("Envoy")
-    } else if body.contains("request forbidden by administrative rules") {
-        Some("HAProxy")
-    } else if s.contains("apache") {
-        Some("Apache")
-    } else if s.contains("websockets") && s.contains("python") {
-        Some("Python websockets")
-    } else {
-        None
     };
     ServerInfo {
-        software: software.map(str::to_owned),
-        header: server,
+        software: first.map(|f| f.name.to_owned()),
+        header: resp
+            .header("server")
+            .or_else(|| plain.and_then(|p| p.header("server")))
+            .map(str::to_owned),
         reason: resp.header("wsgate-reason").map(str::to_owned),
         request_id: resp.header("x-request-id").map(str::to_owned),
+        evidence: found
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}: {} ({} confidence)",
+                    f.name,
+                    f.evidence,
+                    f.confidence.as_str()
+                )
+            })
+            .collect(),
+        confidence: first.map(|f| f.confidence),
+        via,
     }
 }
 
@@ -632,57 +848,75 @@ mod tests {
     }
 
     #[test]
-    fn recognises_servers() {
-        let s = |r: Response| server_info(&r, "/ws").software;
+    fn the_server_info_names_the_endpoint_and_the_front_door() {
+        let r = resp(
+            403,
+            &[("Server", "nginx/1.22.1")],
+            "Cross origin websockets not allowed",
+        );
+        let info = server_info(&r, "/ws", None);
+        assert_eq!(info.software.as_deref(), Some("Tornado"));
+        assert_eq!(info.via.as_deref(), Some("nginx"));
+        assert_eq!(info.confidence, Some(Confidence::High));
+        assert_eq!(info.evidence.len(), 2, "{:?}", info.evidence);
+    }
+
+    #[test]
+    fn causes_follow_the_status_and_the_text() {
+        let none = Request {
+            origin: None,
+            token: None,
+            subprotocols: vec![],
+            headers: vec![],
+            plain: false,
+        };
+        let with_origin = Request {
+            origin: Some("https://evil.example".into()),
+            ..none.clone()
+        };
+        // A 400 that names the subprotocol is not "forbidden".
+        let sub = resp(
+            400,
+            &[("Server", "Python/3.11 websockets/17.4")],
+            "Failed to open a WebSocket connection: invalid subprotocol; expected one of chat.v1.\n",
+        );
+        assert_eq!(read_alone(&none, &sub), Reason::SubprotocolUnsupported);
+        // Node ws: the status text alone says nothing; a 401 without a challenge survived.
+        let ws = Response {
+            status: 401,
+            reason: "Unauthorized".into(),
+            headers: vec![("Connection".into(), "close".into())],
+            body: "Unauthorized".into(),
+        };
         assert_eq!(
-            s(resp(403, &[("Server", "nginx/1.22.1")], "")).as_deref(),
-            Some("nginx")
+            unexplained(&with_origin, &ws, true, Some("Node ws"), &mut Vec::new()),
+            Reason::ForbiddenUnconditional
         );
         assert_eq!(
-            s(resp(403, &[("wsgate-reason", "origin.not_allowed")], "")).as_deref(),
-            Some("wsgate")
+            unexplained(&with_origin, &ws, true, Some("nginx"), &mut Vec::new()),
+            Reason::AuthMissing,
+            "nginx's 401 (auth_request) asks for a credential"
         );
         assert_eq!(
-            s(resp(403, &[], "RBAC: access denied")).as_deref(),
-            Some("Envoy")
+            read_alone(&with_origin, &ws),
+            Reason::AuthMissing,
+            "unvaried"
         );
-        assert_eq!(
-            s(resp(403, &[("cf-ray", "x")], "")).as_deref(),
-            Some("Cloudflare")
-        );
-        assert_eq!(
-            s(resp(403, &[("Server", "Python/3.11 websockets/17.4")], "")).as_deref(),
-            Some("Python websockets")
-        );
-        let devtools = "Rejected an incoming WebSocket connection from the http://x origin. Use the command line flag --remote-allow-origins=http://x to allow connections from this origin or --remote-allow-origins=* to allow all origins.";
-        assert_eq!(
-            s(resp(403, &[], devtools)).as_deref(),
-            Some("Chromium DevTools")
-        );
-        assert_eq!(
-            s(resp(
-                403,
-                &[],
-                "websocket: request origin not allowed by Upgrader.CheckOrigin"
-            ))
-            .as_deref(),
-            Some("gorilla/websocket")
-        );
-        assert_eq!(
-            server_info(&resp(404, &[], ""), "/cable")
-                .software
-                .as_deref(),
-            Some("Rails Action Cable")
-        );
-        assert_eq!(
-            server_info(
-                &resp(400, &[], r#"{"code":3,"message":"Bad request"}"#),
-                "/socket.io/?EIO=4"
-            )
-            .software
-            .as_deref(),
-            Some("Socket.IO")
-        );
+        // nginx's default page says nothing either.
+        let nginx = Response {
+            status: 403,
+            reason: "Forbidden".into(),
+            headers: vec![("Server".into(), "nginx/1.22.1".into())],
+            body: "<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n".into(),
+        };
+        assert_eq!(read_alone(&none, &nginx), Reason::ForbiddenUnconditional);
+        // Another status with an unexplained text is reported as a refusal by its status.
+        let teapot = resp(405, &[], "this endpoint only answers on Tuesdays");
+        assert_eq!(read_alone(&none, &teapot), Reason::HttpRefused);
+        let version = resp(400, &[("Sec-WebSocket-Version", "13, 8")], "");
+        assert_eq!(read_alone(&none, &version), Reason::HandshakeVersion);
+        let origin = resp(403, &[], "Cross origin websockets not allowed");
+        assert_eq!(read_alone(&with_origin, &origin), Reason::OriginNotAllowed);
     }
 
     #[test]
@@ -692,6 +926,7 @@ mod tests {
             token: None,
             subprotocols: vec![],
             headers: vec![],
+            plain: false,
         };
         assert_eq!(
             read_alone(&no_token, &resp(401, &[], "")),

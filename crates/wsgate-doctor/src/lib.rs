@@ -10,6 +10,7 @@
 pub mod analyze;
 pub mod print;
 pub mod probe;
+pub mod servers;
 pub mod tls;
 
 use serde::Serialize;
@@ -125,6 +126,9 @@ pub enum Side {
 pub struct Fix {
     /// Who applies it.
     pub side: Side,
+    /// The software it applies to: `the client`, a recognised product (`Tornado`, `nginx` …), or
+    /// `any server` when the server was not recognised.
+    pub software: String,
     /// What to do, with configuration lines where the server is recognised.
     pub text: String,
 }
@@ -140,6 +144,12 @@ pub struct ServerInfo {
     pub reason: Option<String>,
     /// Its request id, to quote to the operator.
     pub request_id: Option<String>,
+    /// What identified the software (and the front door, if any).
+    pub evidence: Vec<String>,
+    /// How sure the recognition of `software` is.
+    pub confidence: Option<servers::Confidence>,
+    /// A proxy, load balancer, CDN or gateway recognised in front of `software`.
+    pub via: Option<String>,
 }
 
 /// Everything the doctor found: printed for people or as JSON.

@@ -39,13 +39,27 @@ pub fn human(d: &Diagnosis, colour: bool) -> String {
     if let Some(sw) = &d.server.software {
         let _ = writeln!(
             out,
-            "Server: {sw}{}",
+            "Server: {sw}{}{}{}",
+            d.server
+                .confidence
+                .map(|c| format!(" ({} confidence)", c.as_str()))
+                .unwrap_or_default(),
+            d.server
+                .via
+                .as_ref()
+                .map(|v| format!(", behind {v}"))
+                .unwrap_or_default(),
             d.server
                 .header
                 .as_ref()
-                .map(|h| format!(" ({h})"))
+                .map(|h| format!("; Server: {h}"))
                 .unwrap_or_default()
         );
+        for e in &d.server.evidence {
+            let _ = writeln!(out, "  recognised by {e}");
+        }
+    } else if let Some(h) = &d.server.header {
+        let _ = writeln!(out, "Server: not recognised (Server: {h})");
     }
     if !d.experiments.is_empty() {
         let _ = writeln!(out, "\nExperiments (one change each):");
@@ -73,16 +87,15 @@ pub fn human(d: &Diagnosis, colour: bool) -> String {
         (Side::Client, "Fix on the client side:"),
         (Side::Server, "Fix on the server side:"),
     ] {
-        let fixes: Vec<&str> = d
-            .fixes
-            .iter()
-            .filter(|f| f.side == side)
-            .map(|f| f.text.as_str())
-            .collect();
+        let fixes: Vec<&crate::Fix> = d.fixes.iter().filter(|f| f.side == side).collect();
         if !fixes.is_empty() {
             let _ = writeln!(out, "\n{title}");
             for (i, f) in fixes.iter().enumerate() {
-                let _ = writeln!(out, "  {}. {f}", i + 1);
+                if side == Side::Client {
+                    let _ = writeln!(out, "  {}. {}", i + 1, f.text);
+                } else {
+                    let _ = writeln!(out, "  {}. [{}] {}", i + 1, f.software, f.text);
+                }
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct Request {
     pub subprotocols: Vec<String>,
     /// Extra headers.
     pub headers: Vec<(String, String)>,
+    /// A plain GET (no Upgrade), to see how the server answers ordinary HTTP.
+    pub plain: bool,
 }
 
 impl Request {
@@ -43,6 +45,7 @@ impl Request {
             token: opts.token.clone().map(|t| (t, opts.token_via.clone())),
             subprotocols: opts.subprotocols.clone(),
             headers: opts.headers.clone(),
+            plain: false,
         }
     }
 
@@ -65,6 +68,11 @@ impl Request {
         }
         lines.push(format!("GET {path} HTTP/1.1"));
         lines.push(format!("Host: {}", target.authority));
+        if self.plain {
+            lines.push("User-Agent: wsgate-doctor".into());
+            lines.push("Connection: close".into());
+            return lines.join("\r\n") + "\r\n\r\n";
+        }
         lines.push("Upgrade: websocket".into());
         lines.push("Connection: Upgrade".into());
         lines.push(format!("Sec-WebSocket-Key: {key}"));
@@ -148,6 +156,9 @@ pub struct Outcome {
     pub chain: Vec<String>,
     /// Whether the server asked for a client certificate.
     pub client_cert_requested: bool,
+    /// The TLS handshake ended without a TLS alert (the peer closed or reset): a port that may
+    /// not speak TLS at all.
+    pub tls_silent: bool,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -347,6 +358,7 @@ pub async fn attempt(
                     .as_ref()
                     .map(classify)
                     .unwrap_or(Reason::TlsProtocol);
+                out.tls_silent = rustls_err.is_none();
                 // Read the chain over a second, unverified connection, to show what is wrong with it.
                 out.chain = read_chain(addr, name, tls, t).await;
                 step(&mut out.steps, "tls", false, &clock, format!("{e}"));
@@ -789,6 +801,7 @@ mod tests {
             token: Some(("T".into(), TokenVia::Query("access_token".into()))),
             subprotocols: vec!["chat".into()],
             headers: vec![],
+            plain: false,
         };
         let head = r.head(&t, "k");
         assert!(head.starts_with("GET /p?a=1&access_token=T HTTP/1.1\r\n"));

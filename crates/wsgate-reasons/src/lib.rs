@@ -18,12 +18,14 @@ struct Entry {
     message: &'static str,
     operator_fix: &'static str,
     client_fix: &'static str,
+    evidence: &'static str,
 }
 
 macro_rules! catalog {
     ($( $(#[$doc:meta])* $variant:ident => {
         code: $code:literal, status: $status:literal,
-        message: $message:literal, operator: $operator:literal, client: $client:literal $(,)?
+        message: $message:literal, operator: $operator:literal, client: $client:literal
+        $(, evidence: $evidence:literal)? $(,)?
     } ),+ $(,)?) => {
         /// Why a WebSocket handshake was refused: one variant per stable, documented code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +42,7 @@ macro_rules! catalog {
                     $( Reason::$variant => &Entry {
                         code: $code, status: $status, message: $message,
                         operator_fix: $operator, client_fix: $client,
+                        evidence: concat!($($evidence)?),
                     }, )+
                 }
             }
@@ -61,6 +64,7 @@ catalog! {
         message: "Sec-WebSocket-Version must be 13, the only version of RFC 6455.",
         operator: "Nothing to change on the server; version 13 is the only standard version.",
         client: "Use a WebSocket client that speaks RFC 6455 (version 13); the response's `Sec-WebSocket-Version` lists it.",
+        evidence: "a refusal whose text names Sec-WebSocket-Version, or that lists the versions it supports in a `Sec-WebSocket-Version` header.",
     },
     /// A plain HTTP request reached a path that only serves WebSockets.
     HandshakeNotUpgrade => {
@@ -117,6 +121,7 @@ catalog! {
         message: "None of the subprotocols the client offered (Sec-WebSocket-Protocol) is supported by this route.",
         operator: "Add the client's subprotocol to the route's `subprotocols`, or set `subprotocol_required = false` if the route can work without one.",
         client: "Offer one of the route's subprotocols (the refusal detail lists them), or none if the route allows it.",
+        evidence: "refused while offering subprotocols and admitted when offering none, or a refusal whose text names the subprotocol.",
     },
     /// The client address is denied, or not allowed, by the firewall rules.
     FirewallIpDenied => {
@@ -145,6 +150,7 @@ catalog! {
         message: "The Host header names a host this route does not serve (DNS-rebinding defence).",
         operator: "Add the public host name (and port, if clients use one) to the route's `hosts`.",
         client: "Connect using the server's documented host name, not an IP address or another name.",
+        evidence: "a refusal whose text names the Host header or the host name.",
     },
     /// The page's origin is not on the route's allowlist.
     OriginNotAllowed => {
@@ -152,6 +158,7 @@ catalog! {
         message: "The web page's origin (the Origin header) is not allowed to open WebSockets on this route.",
         operator: "Add the page's exact origin (scheme, host and port, e.g. `https://app.example.com`) to the route's `origins`; the log line names the origin received and the nearest allowed entry.",
         client: "Load the page from an allowed origin; a different port or http instead of https is a different origin.",
+        evidence: "refused with the page's Origin and admitted with another (the server's own, the other scheme) or without one; or a refusal whose text names the Origin; or a server that states this code.",
     },
     /// The route admits browsers only and the request had no Origin.
     OriginMissing => {
@@ -159,6 +166,7 @@ catalog! {
         message: "The request has no Origin header and this route admits browser pages only.",
         operator: "Set `allow_missing_origin = true` on the route if non-browser clients should connect.",
         client: "Connect from a web page, or send the Origin of an allowed page.",
+        evidence: "refused without an Origin and admitted with one (the server's own); or a refusal whose text says the Origin is missing.",
     },
     /// No credential was found in any of the route's credential sources.
     AuthMissing => {
@@ -166,6 +174,7 @@ catalog! {
         message: "The route requires a credential and none was found in the places it looks.",
         operator: "Check the route's `auth.sources`; browsers cannot set `Authorization` on a WebSocket, so offer a cookie, query or subprotocol source to browser clients.",
         client: "Send the credential in one of the route's sources: `Authorization: Bearer`, the configured cookie, `?access_token=` or a subprotocol entry with the configured prefix (browsers: use the cookie, query or subprotocol).",
+        evidence: "admitted once the credential is sent in another place (header, query parameter); or a 401 with WWW-Authenticate, or a refusal whose text asks for a token, while no credential was sent.",
     },
     /// A credential was found but is not valid.
     AuthInvalid => {
@@ -173,6 +182,7 @@ catalog! {
         message: "The credential the client presented is not valid for this route.",
         operator: "Check that the key or token the client uses is configured (`auth.api_keys` holds SHA-256 digests: `printf %s KEY | sha256sum`).",
         client: "Use a current credential for this server; check for truncation or a stray space.",
+        evidence: "a 401 with WWW-Authenticate, or a refusal whose text names the token, while a credential was sent, and no other place for it was admitted.",
     },
     /// The credential was valid once but has expired.
     AuthExpired => {
@@ -257,6 +267,7 @@ catalog! {
         message: "The server's host name does not resolve to any address.",
         operator: "Publish the DNS record (A/AAAA) for the host, or fix its spelling in the URL you hand out.",
         client: "Check the host name in the URL for typos; try `--resolve host:port:address` if you know the address.",
+        evidence: "the resolver's answer: no such name, or no address.",
     },
     /// Found by the doctor: nothing is listening on that address and port (the connection was refused).
     TcpRefused => {
@@ -264,6 +275,7 @@ catalog! {
         message: "Nothing is listening on that address and port (the connection was refused).",
         operator: "Start the server, or check that it listens on this port and on this interface (127.0.0.1 is not reachable from elsewhere).",
         client: "Check the port in the URL (ws:// defaults to 80, wss:// to 443) and that the server runs.",
+        evidence: "the connection attempt was refused (RST) by the address.",
     },
     /// Found by the doctor: the TCP connection was not answered in time: a firewall dropping packets, or a wrong address.
     TcpTimeout => {
@@ -271,6 +283,7 @@ catalog! {
         message: "The TCP connection was not answered in time: a firewall dropping packets, or a wrong address.",
         operator: "Open the port in the firewall or security group between the client and the server.",
         client: "Check the address and port; a VPN or corporate firewall may block it.",
+        evidence: "no answer to the connection attempt within the timeout.",
     },
     /// Found by the doctor: the connection was reset before the handshake finished (a proxy, firewall or crashed server).
     TcpReset => {
@@ -278,6 +291,7 @@ catalog! {
         message: "The connection was reset before the handshake finished (a proxy, firewall or crashed server).",
         operator: "Look at the server's and any proxy's logs at this time; resets without a response often come from a WAF or an overloaded server.",
         client: "Retry; if it persists, report the time to the operator.",
+        evidence: "the connection was closed or reset before any HTTP answer, on a port that is not TLS either.",
     },
     /// Found by the doctor: the server's certificate is not signed by a certificate authority the client trusts (self-signed or a private CA).
     TlsUntrusted => {
@@ -285,6 +299,7 @@ catalog! {
         message: "The server's certificate is not signed by a certificate authority the client trusts (self-signed or a private CA).",
         operator: "Serve a certificate from a public CA (e.g. Let's Encrypt) with its full chain, intermediates included.",
         client: "Trust the private CA explicitly (`--cacert ca.pem`), never by disabling verification in production.",
+        evidence: "the certificate chain does not verify against the trusted roots (and `--cacert`).",
     },
     /// Found by the doctor: the server's certificate has expired.
     TlsExpired => {
@@ -292,6 +307,7 @@ catalog! {
         message: "The server's certificate has expired.",
         operator: "Renew the certificate and reload the server (wsgate reloads changed files by itself).",
         client: "Nothing to change on the client; check your clock if the date looks wrong.",
+        evidence: "the leaf certificate's notAfter is in the past.",
     },
     /// Found by the doctor: the server's certificate is not valid yet (its start date is in the future).
     TlsNotYetValid => {
@@ -299,6 +315,7 @@ catalog! {
         message: "The server's certificate is not valid yet (its start date is in the future).",
         operator: "Check the server's clock and the certificate's dates.",
         client: "Check the client machine's clock.",
+        evidence: "the leaf certificate's notBefore is in the future.",
     },
     /// Found by the doctor: the certificate is valid, but for other host names than the one in the URL.
     TlsHostnameMismatch => {
@@ -306,6 +323,7 @@ catalog! {
         message: "The certificate is valid, but for other host names than the one in the URL.",
         operator: "Add the host name to the certificate's subject alternative names, or serve the right certificate for this name (SNI).",
         client: "Use the host name the certificate was issued for (see the SANs in the report).",
+        evidence: "the certificate verifies, but none of its names matches the URL's host.",
     },
     /// Found by the doctor: the TLS handshake failed: no protocol version or cipher in common, or a TLS alert.
     TlsProtocol => {
@@ -313,6 +331,7 @@ catalog! {
         message: "The TLS handshake failed: no protocol version or cipher in common, or a TLS alert.",
         operator: "Enable TLS 1.2 and 1.3 with modern ciphers.",
         client: "Use an up-to-date client.",
+        evidence: "a TLS alert, or a failed TLS handshake on a port where a plain HTTP request gets no answer either.",
     },
     /// Found by the doctor: a wss:// URL points at a port that does not speak TLS (plain HTTP answered).
     TlsNotTls => {
@@ -320,6 +339,7 @@ catalog! {
         message: "A wss:// URL points at a port that does not speak TLS (plain HTTP answered).",
         operator: "Terminate TLS on this port, or publish the ws:// URL instead.",
         client: "Use ws:// for this port, or the port that serves TLS.",
+        evidence: "on wss://: an HTTP answer where a TLS server hello belongs, or a connection closed on the client hello while a plain HTTP request to the same port is answered.",
     },
     /// Found by the doctor: a ws:// URL points at a port that expects TLS.
     TlsRequired => {
@@ -327,6 +347,7 @@ catalog! {
         message: "A ws:// URL points at a port that expects TLS.",
         operator: "Publish the wss:// URL for this port.",
         client: "Use wss:// instead of ws://.",
+        evidence: "on ws://: the connection closes (or a TLS record comes back) on a plain request, and a TLS handshake with the same port succeeds.",
     },
     /// Found by the doctor: the server answered the handshake with a redirect; WebSocket clients do not follow redirects.
     HttpRedirect => {
@@ -334,6 +355,7 @@ catalog! {
         message: "The server answered the handshake with a redirect; WebSocket clients do not follow redirects.",
         operator: "Serve the WebSocket at the URL clients use, or update the URL you publish (often http→https or a missing trailing slash).",
         client: "Use the URL in the Location header directly.",
+        evidence: "a 3xx answer to the handshake (its Location is shown).",
     },
     /// Found by the doctor: the server has nothing at this path (404).
     HttpNotFound => {
@@ -341,6 +363,7 @@ catalog! {
         message: "The server has nothing at this path (404).",
         operator: "Check the route/location that should serve WebSockets at this path.",
         client: "Check the path in the URL (trailing slash, prefix such as /ws or /socket.io/).",
+        evidence: "a 404 answer to the handshake.",
     },
     /// Found by the doctor: the server answered like a web page (2xx): this path is not a WebSocket endpoint, or a proxy dropped the Upgrade request.
     HttpNotWebsocket => {
@@ -348,6 +371,7 @@ catalog! {
         message: "The server answered like a web page (2xx): this path is not a WebSocket endpoint, or a proxy dropped the Upgrade request.",
         operator: "Route this path to the WebSocket server; in a proxy forward `Upgrade` and `Connection` (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`).",
         client: "Check that the URL is the WebSocket endpoint, not the web page.",
+        evidence: "a 2xx answer other than 101 to the handshake.",
     },
     /// Found by the doctor: the backend saw a plain HTTP request: a proxy in front of it did not forward the Upgrade and Connection headers.
     HttpUpgradeRequired => {
@@ -355,6 +379,7 @@ catalog! {
         message: "The backend saw a plain HTTP request: a proxy in front of it did not forward the Upgrade and Connection headers.",
         operator: "Make every proxy forward the upgrade (nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";`).",
         client: "Nothing to change on the client; report it to the operator.",
+        evidence: "a 426, or a 400 whose text asks for an upgrade, from a server behind a proxy.",
     },
     /// Found by the doctor: the server or a proxy answered with an HTTP version that cannot upgrade to WebSocket.
     HttpVersion => {
@@ -362,6 +387,7 @@ catalog! {
         message: "The server or a proxy answered with an HTTP version that cannot upgrade to WebSocket.",
         operator: "Serve the endpoint over HTTP/1.1 (or enable RFC 8441 WebSockets over HTTP/2).",
         client: "Use an HTTP/1.1 WebSocket client.",
+        evidence: "an answer that is not HTTP/1.1, or a 505.",
     },
     /// Found by the doctor: a proxy answered 502/503/504: it could not reach, or got no answer from, the WebSocket backend.
     HttpUpstream => {
@@ -369,6 +395,7 @@ catalog! {
         message: "A proxy answered 502/503/504: it could not reach, or got no answer from, the WebSocket backend.",
         operator: "Check that the backend runs and that the proxy's upstream address and timeouts are right.",
         client: "Retry later; report the time to the operator.",
+        evidence: "a 502, 503 or 504 answer.",
     },
     /// Found by the doctor: the server refuses this client whatever the Origin, credentials or subprotocol: a rule on the client's address, the path, or a WAF.
     ForbiddenUnconditional => {
@@ -376,6 +403,23 @@ catalog! {
         message: "The server refuses this client whatever the Origin, credentials or subprotocol: a rule on the client's address, the path, or a WAF.",
         operator: "Check IP allowlists, deny rules and WAF logs for this client address and path.",
         client: "Connect from an allowed network, or ask the operator which rule refused you.",
+        evidence: "a 403 (or a 401 without WWW-Authenticate) that every variation got (Origin, credential, subprotocol), and a text that names no cause.",
+    },
+    /// Found by the doctor: the server refused the handshake with a status other than 401 or 403, the same whatever was varied, and its text names no single cause.
+    HttpRefused => {
+        code: "http.refused", status: 0,
+        message: "The server refused the handshake with a status other than 401 or 403, whatever the doctor varied; its answer's text (in the evidence) says why.",
+        operator: "Read the refusal's text and the server's log for this request: the server states its own reason there.",
+        client: "Read the answer's text in the evidence: it usually names the header or parameter the server wants.",
+        evidence: "a status other than 401/403 (e.g. 400, 405, 500) that every variation got, with a text that names no single cause.",
+    },
+    /// Found by the doctor: a CDN's bot protection or WAF answered with a challenge page; the handshake never reached the WebSocket server.
+    CdnChallenge => {
+        code: "cdn.challenge", status: 0,
+        message: "A CDN's bot protection or WAF answered with a challenge page; the handshake never reached the WebSocket server.",
+        operator: "Exempt the WebSocket path from challenges (e.g. Cloudflare: a WAF custom rule with the Skip action, or Bot Fight Mode off, for this path); a WebSocket client cannot solve a challenge.",
+        client: "Nothing to change in the client: a WebSocket cannot answer a challenge; ask the operator to exempt this path.",
+        evidence: "a 403 or 503 from the CDN marked as a challenge (Cloudflare: `cf-mitigated: challenge`, a “Just a moment…” page or /cdn-cgi/challenge-platform, often with a `__cf_bm` cookie).",
     },
     /// Found by the doctor: the client offered subprotocols and the server accepted without choosing one; browsers then fail the connection.
     SubprotocolNotEchoed => {
@@ -383,6 +427,7 @@ catalog! {
         message: "The client offered subprotocols and the server accepted without choosing one; browsers then fail the connection.",
         operator: "Select one of the offered subprotocols in the handshake answer (Sec-WebSocket-Protocol), or refuse explicitly.",
         client: "Offer only subprotocols the server supports, or none.",
+        evidence: "a 101 without Sec-WebSocket-Protocol while subprotocols were offered.",
     },
     /// Found by the doctor: the server's Sec-WebSocket-Accept does not match the client's key, so clients must reject the connection.
     WsBadAccept => {
@@ -390,6 +435,7 @@ catalog! {
         message: "The server's Sec-WebSocket-Accept does not match the client's key, so clients must reject the connection.",
         operator: "Compute Sec-WebSocket-Accept per RFC 6455 §4.2.2 (SHA-1 of the key + GUID, base64); a proxy may be rewriting the key.",
         client: "Nothing to change on the client; report it to the operator.",
+        evidence: "a 101 whose Sec-WebSocket-Accept does not match the key sent.",
     },
     /// Found by the doctor: the server answered 101 without `Upgrade: websocket` or `Connection: Upgrade` (often a proxy that rewrites headers).
     WsUpgradeHeaderMissing => {
@@ -397,6 +443,7 @@ catalog! {
         message: "The server answered 101 without `Upgrade: websocket` or `Connection: Upgrade` (often a proxy that rewrites headers).",
         operator: "Make the proxy pass the backend's Upgrade and Connection headers back to the client.",
         client: "Nothing to change on the client; report it to the operator.",
+        evidence: "a 101 without `Upgrade: websocket` or `Connection: Upgrade`.",
     },
     /// Found by the doctor: the handshake succeeded but the server closed the connection right after (an application-level refusal).
     WsClosedAfterOpen => {
@@ -404,6 +451,7 @@ catalog! {
         message: "The handshake succeeded but the server closed the connection right after (an application-level refusal).",
         operator: "Look at the close code and reason in the report; it is the application's own refusal (auth, protocol version, room).",
         client: "Follow the close reason; many servers expect a first message (auth or subscribe) in their own protocol.",
+        evidence: "a close frame from the server right after the 101 (its code and reason are shown).",
     },
     /// Found by the doctor: the connection was closed while idle, without a close frame: a proxy or load balancer idle timeout.
     IdleTimeout => {
@@ -411,6 +459,7 @@ catalog! {
         message: "The connection was closed while idle, without a close frame: a proxy or load balancer idle timeout.",
         operator: "Raise the proxy's idle timeout (nginx `proxy_read_timeout`), or have the server send pings more often than it.",
         client: "Send application pings or heartbeats more often than the idle timeout.",
+        evidence: "with `--hold`: the connection ends without a close frame while idle.",
     },
 }
 
@@ -439,6 +488,11 @@ impl Reason {
     /// What the client (or the person using it) can change.
     pub fn client_fix(self) -> &'static str {
         self.entry().client_fix
+    }
+    /// What `wsgate doctor` needs to see before it names this cause against any server (empty
+    /// for codes only `wsgate serve` sends).
+    pub fn evidence(self) -> &'static str {
+        self.entry().evidence
     }
     /// Looks a code up, e.g. from a `wsgate-reason` header the doctor received.
     pub fn from_code(code: &str) -> Option<Reason> {
@@ -496,6 +550,12 @@ pub fn markdown() -> String {
             r.operator_fix(),
             r.client_fix()
         ));
+        if !r.evidence().is_empty() {
+            out.push_str(&format!(
+                "- **`wsgate doctor` names it from:** {}\n",
+                r.evidence()
+            ));
+        }
     }
     out
 }
@@ -532,6 +592,8 @@ mod tests {
             );
             assert!(r.message().ends_with('.'), "{}", r.code());
             assert!(!r.operator_fix().is_empty() && !r.client_fix().is_empty());
+            // Every cause the doctor finds says what it needs to see.
+            assert!(r.is_refusal() || !r.evidence().is_empty(), "{}", r.code());
         }
     }
 

@@ -1,0 +1,183 @@
+"""The doctor against the frameworks people run, each started here on loopback and misconfigured the
+way its users misconfigure it: Tornado's same-host origin check (alone and behind nginx, which replaces
+its Server header), python-socketio's cors_allowed_origins on uvicorn, Starlette on uvicorn reading the
+token from ?token=, Django Channels' AllowedHostsOriginValidator on daphne, Python websockets with a
+subprotocol list, Node ws with a verifyClient origin allowlist, and wss:// pointed at plain ports.
+Each asserts the cause, the recognised server and the named setting; recorded answers of servers that
+cannot run here are unit tests in crates/wsgate-doctor/src/servers.rs."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import NODE_MODULES, ROOT, free_port, require_tool, start_nginx
+from test_doctor import doctor
+
+PEER = ROOT / "tests" / "peers" / "frameworks.py"
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+@pytest.fixture(scope="module")
+def frameworks():
+    """Starts every framework once for the module: name -> port."""
+    procs, ports = [], {}
+    for name in ("tornado", "socketio", "starlette", "channels", "pyws"):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, str(PEER), name, str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(ROOT / "tests" / "peers"))
+        procs.append((p, port, name))
+        ports[name] = port
+    require_tool("node", "Node.js runs the ws server")
+    port = free_port()
+    p = subprocess.Popen(["node", str(ROOT / "tests/node/ws_server.js"), str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, "NODE_PATH": NODE_MODULES})
+    procs.append((p, port, "node ws"))
+    ports["nodews"] = port
+    try:
+        for p, port, name in procs:
+            wait_port(port, p, name)
+        yield ports
+    finally:
+        for p, _, _ in procs:
+            p.kill()
+            p.wait()
+
+
+def server_fixes(d, software):
+    return " ".join(f["text"] for f in d["fixes"] if f["side"] == "server" and f["software"] == software)
+
+
+def no_wsgate_advice(d):
+    """wsgate's configuration is advised to wsgate only."""
+    for f in d["fixes"]:
+        assert "route's" not in f["text"] and "origins = [" not in f["text"] and "wsgate" not in f["text"], f
+
+
+def test_tornado_refuses_another_origin(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['tornado']}/ws", "--origin", "https://app.example")
+    assert d["cause"] == "origin.not_allowed", d["evidence"]
+    assert d["server"]["software"] == "Tornado" and d["server"]["confidence"] == "high", d["server"]
+    assert "check_origin" in server_fixes(d, "Tornado")
+    assert any("Cross origin websockets not allowed" in e for e in d["evidence"]), "the refusal's text is shown"
+    no_wsgate_advice(d)
+
+
+def test_socketio_python_refuses_an_origin_outside_cors_allowed_origins(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['socketio']}/socket.io/?EIO=4&transport=websocket", "--origin", "https://evil.example")
+    assert d["cause"] == "origin.not_allowed", d["evidence"]
+    assert d["server"]["software"] == "Socket.IO (Python)", d["server"]
+    assert "cors_allowed_origins" in server_fixes(d, "Socket.IO (Python)")
+    no_wsgate_advice(d)
+
+
+def test_starlette_reads_the_token_from_the_query_parameter_token(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['starlette']}/ws", "--token", "secret-token")
+    assert d["cause"] == "auth.missing", d["evidence"]
+    assert any(e["change"] == "credential in the query parameter token" and e["status"] == 101 for e in d["experiments"]), d["experiments"]
+    assert len(d["experiments"]) <= 8
+    # The empty 403 looks like uvicorn; the plain GET the doctor sent to identify it confirms it.
+    assert d["server"]["software"] == "uvicorn (Starlette/FastAPI)" and d["server"]["confidence"] == "high", d["server"]
+    assert "websocket.query_params" in server_fixes(d, "uvicorn (Starlette/FastAPI)")
+    client = [f["text"] for f in d["fixes"] if f["side"] == "client"]
+    assert "query parameter token" in client[0], client
+    no_wsgate_advice(d)
+
+
+def test_django_channels_refuses_an_origin_outside_allowed_hosts(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['channels']}/ws/", "--origin", "https://www.example.com")
+    assert d["cause"] == "origin.not_allowed", d["evidence"]
+    assert d["server"]["software"] == "daphne (Django Channels)", d["server"]
+    assert any("Access denied" in e for e in d["server"]["evidence"]), d["server"]["evidence"]
+    assert '"www.example.com"' in server_fixes(d, "daphne (Django Channels)") and "ALLOWED_HOSTS" in server_fixes(d, "daphne (Django Channels)")
+    no_wsgate_advice(d)
+
+
+def test_python_websockets_states_the_subprotocol_it_wants(frameworks):
+    url = f"ws://127.0.0.1:{frameworks['pyws']}/"
+    d = doctor(url, "--origin", "https://app.example", "--subprotocol", "other.v1")
+    assert d["cause"] == "subprotocol.unsupported", d["evidence"]
+    assert d["server"]["software"] == "Python websockets"
+    assert "subprotocols=" in server_fixes(d, "Python websockets")
+    # Without variations the 400's own text decides, never "forbidden".
+    d = doctor(url, "--origin", "https://app.example", "--subprotocol", "other.v1", "--no-experiments")
+    assert d["cause"] == "subprotocol.unsupported", d["evidence"]
+    d = doctor(url, "--origin", "https://evil.example")
+    assert d["cause"] == "origin.not_allowed" and "origins=" in server_fixes(d, "Python websockets")
+
+
+def test_node_ws_verify_client_answers_401_for_any_refusal(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['nodews']}/", "--origin", "https://evil.example")
+    # No variation the doctor can make is admitted (the allowlist has https://app.example only):
+    # ws's 401 without a challenge says no more than a 403.
+    assert d["cause"] == "forbidden.unconditional", d["evidence"]
+    assert d["server"]["software"] == "Node ws", d["server"]
+    assert "verifyClient" in server_fixes(d, "Node ws")
+    # handleProtocols returning false makes ws accept without a subprotocol, which browsers refuse.
+    d = doctor(f"ws://127.0.0.1:{frameworks['nodews']}/", "--origin", "https://app.example", "--subprotocol", "other.v1")
+    assert d["cause"] == "subprotocol.not_echoed", d["evidence"]
+    assert doctor(f"ws://127.0.0.1:{frameworks['nodews']}/", "--origin", "https://app.example", "--subprotocol", "chat.v1")["ok"]
+
+
+@pytest.mark.parametrize("name, path, software", [
+    ("pyws", "/", "Python websockets"),
+    ("starlette", "/ws", "uvicorn (Starlette/FastAPI)"),
+    ("nodews", "/", None),
+])
+def test_wss_pointed_at_a_plain_port_is_not_tls(frameworks, name, path, software):
+    d = doctor(f"wss://127.0.0.1:{frameworks[name]}{path}")
+    assert d["cause"] == "tls.not_tls", d["evidence"]
+    assert any("plain HTTP request to the same port got HTTP" in e for e in d["evidence"]), d["evidence"]
+    if software:
+        assert d["server"]["software"] == software, d["server"]
+        assert "TLS" in server_fixes(d, software)
+
+
+NGINX_CONF = """
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /ws {{
+            proxy_pass http://127.0.0.1:{tornado}/ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+def test_tornado_behind_nginx_is_named_with_nginx_in_front(frameworks, tmp_path):
+    proc, port = start_nginx(tmp_path, NGINX_CONF, tornado=frameworks["tornado"])
+    try:
+        d = doctor(f"ws://127.0.0.1:{port}/ws", "--origin", "https://app.example")
+        assert d["cause"] == "origin.not_allowed", d["evidence"]
+        # nginx replaced Tornado's Server header; Tornado's own words still name it.
+        assert d["server"]["software"] == "Tornado" and d["server"]["via"] == "nginx", d["server"]
+        assert d["server"]["header"].startswith("nginx")
+        assert "check_origin" in server_fixes(d, "Tornado")
+    finally:
+        proc.kill()
+        proc.wait()
