@@ -30,6 +30,21 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
         browser: String::new(),
     };
     d.evidence.extend(first.chain.iter().cloned());
+    // On wss://, what browsers would do: WebSockets over HTTP/2 when the server advertises them.
+    let h2 = match (target.tls && first.response.is_some(), first.addr) {
+        (true, Some(addr)) => {
+            let clock = std::time::Instant::now();
+            let h = crate::h2::probe(opts, target, tls, addr, &base).await;
+            d.steps.push(crate::Step {
+                name: "h2",
+                ok: !h.breaks_browsers(),
+                ms: clock.elapsed().as_millis() as u64,
+                detail: h.describe(),
+            });
+            Some(h)
+        }
+        _ => None,
+    };
     if let Some((reason, detail)) = first.failure.clone() {
         let reason = if reason == Reason::TlsRequired && !target.tls {
             confirm_tls(opts, target, tls).await
@@ -94,6 +109,12 @@ pub async fn run(opts: &Options, target: &Target, tls: &Tls) -> Diagnosis {
     ));
     if resp.status == 101 {
         opened(&mut d, &first, &resp, &base);
+        if let Some(h) = h2.filter(|h| d.ok && h.breaks_browsers()) {
+            d.evidence
+                .push(format!("HTTP/1.1 works, but {}", h.describe()));
+            d.browser = "Chrome and Firefox use the server's HTTP/2 WebSockets here: the connection fails (onclose 1006) while HTTP/1.1 clients work".into();
+            conclude(&mut d, Reason::H2ExtendedConnect, Some(&resp), &first);
+        }
         return d;
     }
     d.browser = format!(

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analyze;
+pub mod h2;
 pub mod print;
 pub mod probe;
 pub mod servers;

@@ -159,6 +159,8 @@ pub struct Outcome {
     /// The TLS handshake ended without a TLS alert (the peer closed or reset): a port that may
     /// not speak TLS at all.
     pub tls_silent: bool,
+    /// The address connected to.
+    pub addr: Option<SocketAddr>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -282,6 +284,7 @@ pub async fn attempt(
         }
     };
     let _ = tcp.set_nodelay(true);
+    out.addr = Some(addr);
     step(
         &mut out.steps,
         "tcp",

@@ -421,6 +421,14 @@ catalog! {
         client: "Nothing to change in the client: a WebSocket cannot answer a challenge; ask the operator to exempt this path.",
         evidence: "a 403 or 503 from the CDN marked as a challenge (Cloudflare: `cf-mitigated: challenge`, a “Just a moment…” page or /cdn-cgi/challenge-platform, often with a `__cf_bm` cookie).",
     },
+    /// Found by the doctor: the server advertises WebSockets over HTTP/2 (RFC 8441) but refuses or breaks the extended CONNECT, so browsers fail while HTTP/1.1 clients work.
+    H2ExtendedConnect => {
+        code: "h2.extended_connect", status: 0,
+        message: "The server advertises WebSockets over HTTP/2 (RFC 8441) but refuses or breaks the extended CONNECT: browsers, which use it, fail while HTTP/1.1 clients work.",
+        operator: "Stop advertising it (no SETTINGS_ENABLE_CONNECT_PROTOCOL; e.g. HAProxy `h2-workaround-bogus-websocket-clients`, or turn off the server's HTTP/2 WebSocket support), or make the backend accept extended CONNECT; serving this host over HTTP/1.1 only (ALPN http/1.1) also works.",
+        client: "Nothing to change in a browser (it follows the server's advertisement); a non-browser client can keep using HTTP/1.1.",
+        evidence: "on wss://: ALPN h2 with SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, and an extended CONNECT (:protocol websocket) answered with a status other than 200, reset, or not answered, while the HTTP/1.1 handshake works.",
+    },
     /// Found by the doctor: the client offered subprotocols and the server accepted without choosing one; browsers then fail the connection.
     SubprotocolNotEchoed => {
         code: "subprotocol.not_echoed", status: 0,
