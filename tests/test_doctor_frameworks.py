@@ -2,7 +2,8 @@
 way its users misconfigure it: Tornado's same-host origin check (alone and behind nginx, which replaces
 its Server header), python-socketio's cors_allowed_origins on uvicorn, Starlette on uvicorn reading the
 token from ?token=, Django Channels' AllowedHostsOriginValidator on daphne, Python websockets with a
-subprotocol list, Node ws with a verifyClient origin allowlist, and wss:// pointed at plain ports.
+subprotocol list, Node ws with a verifyClient origin allowlist, Node Socket.IO with an allowRequest
+origin check, and wss:// pointed at plain ports.
 Each asserts the cause, the recognised server and the named setting; recorded answers of servers that
 cannot run here are unit tests in crates/wsgate-doctor/src/servers.rs."""
 
@@ -48,6 +49,11 @@ def frameworks():
                          env={**os.environ, "NODE_PATH": NODE_MODULES})
     procs.append((p, port, "node ws"))
     ports["nodews"] = port
+    port = free_port()
+    p = subprocess.Popen(["node", str(ROOT / "tests/node/socketio_server.js"), str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, "NODE_PATH": NODE_MODULES})
+    procs.append((p, port, "node socket.io"))
+    ports["socketio-node"] = port
     try:
         for p, port, name in procs:
             wait_port(port, p, name)
@@ -82,6 +88,16 @@ def test_socketio_python_refuses_an_origin_outside_cors_allowed_origins(framewor
     assert d["cause"] == "origin.not_allowed", d["evidence"]
     assert d["server"]["software"] == "Socket.IO (Python)", d["server"]
     assert "cors_allowed_origins" in server_fixes(d, "Socket.IO (Python)")
+    no_wsgate_advice(d)
+
+
+def test_socketio_node_refuses_in_allow_request_with_a_400_forbidden(frameworks):
+    d = doctor(f"ws://127.0.0.1:{frameworks['socketio-node']}/socket.io/?EIO=4&transport=websocket", "--origin", "https://evil.example")
+    # allowRequest admits https://app.example only, which no variation sends; engine.io says so
+    # with a 400 whose text is "Forbidden".
+    assert d["cause"] == "forbidden.unconditional", d["evidence"]
+    assert d["server"]["software"] == "Socket.IO (Node)" and d["server"]["confidence"] == "high", d["server"]
+    assert "allowRequest" in server_fixes(d, "Socket.IO (Node)")
     no_wsgate_advice(d)
 
 

@@ -475,11 +475,15 @@ fn unexplained(
     if status == 400 && resp.body.to_ascii_lowercase().contains("upgrade") {
         return Reason::HttpUpgradeRequired;
     }
-    if matches!(status, 401 | 403) {
+    // engine.io (Socket.IO) refuses an upgrade with 400 and the text "Forbidden".
+    let says_forbidden = resp.body.trim().eq_ignore_ascii_case("forbidden");
+    if matches!(status, 401 | 403) || says_forbidden {
         notes.push(format!(
             "HTTP {status} whatever was varied, and a text that names no cause: not an Origin, credential or subprotocol rule{}",
             if status == 401 {
                 format!(" ({} answers 401 for any refusal)", software.unwrap_or("the server"))
+            } else if says_forbidden && status != 403 {
+                format!(" (HTTP {status} with the text \"Forbidden\")")
             } else {
                 String::new()
             }
