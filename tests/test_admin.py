@@ -221,8 +221,10 @@ def test_the_page_reconnects_after_a_restart(tmp_path, browser):
 
 
 def test_with_a_token_the_page_needs_it_and_actions_need_the_page(wsgate, browser):
-    text = config(routes=ROUTES) + f'\n[admin]\naddress = "127.0.0.1:9090"\ntoken = "{TOKEN}"\n'
+    # Configured for every interface, as a token allows; the test binds it to loopback (--admin).
+    text = config(routes=ROUTES) + f'\n[admin]\naddress = "0.0.0.0:9090"\ntoken = "{TOKEN}"\n'
     gate = wsgate(text)
+    assert gate.admin.startswith("http://127.0.0.1:")
     base = gate.admin
     assert "log in with admin.token" in "".join(gate.banner)
 

@@ -887,6 +887,62 @@ mod tests {
     }
 
     #[test]
+    fn an_api_gateway_authorizer_refusal_names_the_authorizer() {
+        let none = Request {
+            origin: None,
+            token: None,
+            subprotocols: vec![],
+            headers: vec![],
+            plain: false,
+        };
+        // API Gateway's answers when the $connect route's authorizer lacks its identity source
+        // (401) or denies (403), as its documentation shows them.
+        let missing = resp(
+            401,
+            &[
+                ("Content-Type", "application/json"),
+                ("x-amzn-RequestId", "5f0c"),
+                ("x-amzn-ErrorType", "UnauthorizedException"),
+                ("x-amz-apigw-id", "AbC="),
+            ],
+            r#"{"message":"Unauthorized"}"#,
+        );
+        assert_eq!(read_alone(&none, &missing), Reason::AuthMissing);
+        let info = server_info(&missing, "/production", None);
+        assert_eq!(info.software.as_deref(), Some("AWS API Gateway"));
+        let c = servers::Context {
+            origin: "https://app.example",
+            path: "/production",
+            subprotocols: &[],
+        };
+        let fix = servers::fix("AWS API Gateway", Reason::AuthMissing, &c).unwrap();
+        assert!(
+            fix.contains("$connect") && fix.contains("querystring"),
+            "{fix}"
+        );
+        let denied = resp(
+            403,
+            &[("x-amzn-ErrorType", "AccessDeniedException")],
+            r#"{"message":"Forbidden"}"#,
+        );
+        assert_eq!(
+            unexplained(
+                &none,
+                &denied,
+                true,
+                Some("AWS API Gateway"),
+                &mut Vec::new()
+            ),
+            Reason::ForbiddenUnconditional
+        );
+        assert!(
+            servers::fix("AWS API Gateway", Reason::ForbiddenUnconditional, &c)
+                .unwrap()
+                .contains("Deny")
+        );
+    }
+
+    #[test]
     fn causes_follow_the_status_and_the_text() {
         let none = Request {
             origin: None,
