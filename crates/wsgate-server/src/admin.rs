@@ -247,6 +247,9 @@ impl Admin {
                 return full(StatusCode::OK, "text/css; charset=utf-8", STYLE)
             }
             (&Method::GET, "/favicon.svg") => return full(StatusCode::OK, "image/svg+xml", ICON),
+            (&Method::GET, "/login") if shared.config.admin_token.is_none() => {
+                return redirect("/")
+            }
             (&Method::GET, "/login") => {
                 return full(StatusCode::OK, "text/html; charset=utf-8", login_page(""))
             }
@@ -460,7 +463,7 @@ impl Admin {
             let c = &shared.console;
             let refusals = c.refusals(s.seq, &Filter::default(), LIST_MAX);
             s.seq = c.last_seq();
-            let samples: Vec<_> = c.history().into_iter().filter(|x| x.t > s.t).collect();
+            let samples = c.history_since(s.t);
             if let Some(last) = samples.last() {
                 s.t = last.t;
             }

@@ -382,6 +382,13 @@ impl Console {
         sample
     }
 
+    /// The samples after second `t`, oldest first (what a live page has not seen yet).
+    pub fn history_since(&self, t: u64) -> Vec<Sample> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = h.iter().rev().take_while(|s| s.t > t).count();
+        h.iter().skip(h.len() - newer).cloned().collect()
+    }
+
     /// The samples of the last 15 minutes, oldest first.
     pub fn history(&self) -> Vec<Sample> {
         self.history
@@ -510,5 +517,8 @@ mod tests {
             c.sample(&m).refused.is_empty(),
             "a second sample counts anew"
         );
+        let first = c.history()[0].t;
+        assert_eq!(c.history_since(first - 1).len(), 2);
+        assert!(c.history_since(u64::MAX).is_empty());
     }
 }
