@@ -284,6 +284,10 @@ def test_an_operators_ban_and_its_lift_reach_every_node_without_a_ban_policy(wsg
             assert time.time() < deadline, f"{why}: still {got}"
             await asyncio.sleep(0.05)
 
+    # The admin page shows the cluster link.
+    with urllib.request.urlopen(a.admin + "/api/state", timeout=5) as r:
+        cluster = json.loads(r.read())["figures"]["cluster"]
+    assert cluster["node"] == "a" and cluster["up"] is True, cluster
     assert admin_post(a, "/api/ban", {"address": "127.0.0.1", "seconds": 60})["banned"] == "127.0.0.1"
     run(until(a, "firewall.banned", "node a"))
     run(until(b, "firewall.banned", "the ban did not reach node b"))
