@@ -3,11 +3,12 @@ way its users misconfigure it: Tornado's same-host origin check (alone and behin
 its Server header), python-socketio's cors_allowed_origins on uvicorn, Starlette on uvicorn reading the
 token from ?token=, Django Channels' AllowedHostsOriginValidator on daphne, Python websockets with a
 subprotocol list, Node ws with a verifyClient origin allowlist, Node Socket.IO with an allowRequest
-origin check, and wss:// pointed at plain ports.
+origin check, HAProxy's deny rule (with Tornado behind it), and wss:// pointed at plain ports.
 Each asserts the cause, the recognised server and the named setting; recorded answers of servers that
 cannot run here are unit tests in crates/wsgate-doctor/src/servers.rs."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,6 +195,42 @@ def test_tornado_behind_nginx_is_named_with_nginx_in_front(frameworks, tmp_path)
         assert d["server"]["software"] == "Tornado" and d["server"]["via"] == "nginx", d["server"]
         assert d["server"]["header"].startswith("nginx")
         assert "check_origin" in server_fixes(d, "Tornado")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+HAPROXY_CONF = """
+global
+    maxconn 64
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    timeout tunnel 1h
+frontend fe
+    bind 127.0.0.1:{port}
+    http-request deny if {{ path_beg /blocked }}
+    default_backend be
+backend be
+    server tornado 127.0.0.1:{tornado}
+"""
+
+
+def test_haproxy_deny_rule_and_tornado_behind_it(frameworks, tmp_path):
+    exe = require_tool(shutil.which("haproxy") or "/usr/sbin/haproxy", "Debian package haproxy")
+    port = free_port()
+    (tmp_path / "haproxy.cfg").write_text(HAPROXY_CONF.format(port=port, tornado=frameworks["tornado"]))
+    proc = subprocess.Popen([exe, "-f", str(tmp_path / "haproxy.cfg"), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc, "haproxy")
+        d = doctor(f"ws://127.0.0.1:{port}/blocked")
+        assert d["cause"] == "forbidden.unconditional", d["evidence"]
+        assert d["server"]["software"] == "HAProxy" and d["server"]["confidence"] == "high", d["server"]
+        assert "http-request deny" in server_fixes(d, "HAProxy")
+        d = doctor(f"ws://127.0.0.1:{port}/ws", "--origin", "https://app.example")
+        assert d["cause"] == "origin.not_allowed" and d["server"]["software"] == "Tornado", d["server"]
     finally:
         proc.kill()
         proc.wait()
