@@ -698,12 +698,15 @@ async fn experiment(
 fn conclude(d: &mut Diagnosis, reason: Reason, _resp: Option<&Response>, first: &Outcome) {
     d.ok = false;
     d.cause = Some(reason.code().to_owned());
-    d.summary = reason.message().to_owned();
+    let is_wsgate = d.server.software.as_deref() == Some("wsgate");
+    d.summary = servers::summary(reason)
+        .filter(|_| !is_wsgate)
+        .unwrap_or(reason.message())
+        .to_owned();
     if d.browser.is_empty() {
         d.browser =
             "WebSocket connection failed; the page's onclose sees code 1006 and no reason".into();
     }
-    let is_wsgate = d.server.software.as_deref() == Some("wsgate");
     let admitted = d
         .experiments
         .iter()

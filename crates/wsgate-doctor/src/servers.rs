@@ -566,13 +566,28 @@ pub fn client_fix(reason: Reason, admitted: Option<&str>) -> Option<String> {
     use Reason::*;
     let text = match reason {
         AuthMissing => match admitted {
-            Some(w) => format!("send the credential the way the server took it: {w}; browsers cannot set Authorization on a WebSocket, so a query parameter, a cookie or a subprotocol entry is the usual place"),
+            Some(w) => format!("send the credential in {}, where the server took it; browsers cannot set Authorization on a WebSocket, so a query parameter, a cookie or a subprotocol entry is the usual place", w.strip_prefix("credential in ").unwrap_or(w)),
             None => "send a credential where the server reads it (its documentation says where); browsers cannot set Authorization on a WebSocket, so a query parameter, a cookie or a subprotocol entry is the usual place".into(),
         },
         SubprotocolUnsupported => "offer a subprotocol the server supports (a refusal's text often lists them), or none if the server allows that".into(),
         _ => return None,
     };
     Some(text)
+}
+
+/// The cause in one sentence for a server other than wsgate, where the catalog's sentence speaks
+/// of wsgate's routes.
+pub fn summary(reason: Reason) -> Option<&'static str> {
+    use Reason::*;
+    Some(match reason {
+        OriginNotAllowed => "The server does not allow the web page's origin (the Origin header) to open WebSockets here.",
+        OriginMissing => "The server refuses requests without an Origin header: it admits browser pages only.",
+        AuthMissing => "The server wants a credential and did not find one where it looks.",
+        AuthInvalid => "The server refused the credential that was sent.",
+        SubprotocolUnsupported => "None of the subprotocols offered (Sec-WebSocket-Protocol) is one the server supports.",
+        HostNotAllowed => "The server does not serve the host name in the Host header.",
+        _ => return None,
+    })
 }
 
 /// The fix for a server the doctor did not recognise (or knows no setting of), with examples
