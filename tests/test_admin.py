@@ -278,6 +278,16 @@ def test_with_a_token_the_page_needs_it_and_actions_need_the_page(wsgate, browse
     assert status == 200 and json.loads(body)["lifted"] is True
     assert browser("errors")[1:] == []
 
+    # Guessing: past 20 wrong tokens in 10 s every token check waits (the logged-in page does not).
+    statuses = [http(base + "/api/state", headers={"Authorization": f"Bearer guess-{i:020d}"})[0] for i in range(25)]
+    # (The wrong bearer and login above may count in the same window.)
+    first = statuses.index(429)
+    assert 15 <= first <= 20 and set(statuses[:first]) == {401} and set(statuses[first:]) == {429}, statuses
+    status, headers, _ = http(base + "/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert http(base + "/api/state", headers={"Cookie": f"wsgate_admin={cookie['value']}"})[0] == 200
+    assert "wrong tokens" in gate.wait_log("wrong tokens in a row")
+
 
 def test_a_tokenless_page_answers_only_local_names_and_same_page_actions(wsgate):
     gate = wsgate(config(routes=ROUTES))

@@ -49,6 +49,11 @@ const LIST_MAX: usize = 200;
 const MAX_BAN: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The largest action body read.
 const MAX_BODY: usize = 4096;
+/// Wrong tokens (bearer or login form) accepted per [`FAILURE_WINDOW`], from all clients
+/// together: past it, token checks are refused for the rest of the window (a login cookie still
+/// works), so guessing online goes nowhere however many connections a guesser opens.
+const FAILURES_PER_WINDOW: u32 = 20;
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the admin listener serves with.
 pub(crate) struct Admin {
@@ -57,6 +62,8 @@ pub(crate) struct Admin {
     /// reads the token again when it reconnects).
     secret: hmac::Key,
     reload: mpsc::Sender<ReloadRequest>,
+    /// Wrong tokens in the current window: (window start, count).
+    failures: std::sync::Mutex<(Instant, u32)>,
 }
 
 /// Serves the admin listener until the server stops; samples the page's chart once a second.
@@ -74,6 +81,7 @@ pub(crate) async fn serve(
         live: live.clone(),
         secret: hmac::Key::new(hmac::HMAC_SHA256, &seed),
         reload,
+        failures: std::sync::Mutex::new((Instant::now(), 0)),
     });
     tokio::spawn(sample(live));
     loop {
@@ -142,6 +150,16 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, &json!({ "error": message }))
 }
 
+fn too_many(wait: u64) -> Response<Body> {
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("too many wrong admin tokens: token checks resume in {wait} s (a logged-in page keeps working)"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    resp
+}
+
 fn redirect(to: &'static str) -> Response<Body> {
     let mut resp = full(StatusCode::SEE_OTHER, "text/plain", "");
     resp.headers_mut()
@@ -188,16 +206,45 @@ impl Admin {
         hex(tag.as_ref())
     }
 
-    fn caller(&self, shared: &Shared, headers: &HeaderMap) -> Option<Caller> {
+    /// Seconds until token checks are accepted again, when too many failed in this window.
+    fn locked_out(&self) -> Option<u64> {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let left = FAILURE_WINDOW.saturating_sub(f.0.elapsed());
+        (f.1 >= FAILURES_PER_WINDOW && !left.is_zero()).then(|| left.as_secs() + 1)
+    }
+
+    /// Counts a wrong token.
+    fn failed(&self) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.0.elapsed() >= FAILURE_WINDOW {
+            *f = (Instant::now(), 0);
+        }
+        f.1 += 1;
+        if f.1 == FAILURES_PER_WINDOW {
+            tracing::warn!(
+                window = ?FAILURE_WINDOW,
+                "admin: {FAILURES_PER_WINDOW} wrong tokens in a row; token checks are refused for the rest of the window"
+            );
+        }
+    }
+
+    fn caller(&self, shared: &Shared, headers: &HeaderMap) -> Result<Option<Caller>, u64> {
         let Some(token) = &shared.config.admin_token else {
-            return Some(Caller::Browser);
+            return Ok(Some(Caller::Browser));
         };
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if let Some(b) = bearer {
-            return ct_eq(b.trim().as_bytes(), token.0.as_bytes()).then_some(Caller::Bearer);
+            if let Some(wait) = self.locked_out() {
+                return Err(wait);
+            }
+            let ok = ct_eq(b.trim().as_bytes(), token.0.as_bytes());
+            if !ok {
+                self.failed();
+            }
+            return Ok(ok.then_some(Caller::Bearer));
         }
         let session = Admin::session(&token.0);
         let cookie = headers
@@ -209,8 +256,8 @@ impl Admin {
             .find(|(k, _)| *k == COOKIE)
             .map(|(_, v)| v);
         match cookie {
-            Some(c) if ct_eq(c.as_bytes(), session.as_bytes()) => Some(Caller::Browser),
-            _ => None,
+            Some(c) if ct_eq(c.as_bytes(), session.as_bytes()) => Ok(Some(Caller::Browser)),
+            _ => Ok(None),
         }
     }
 
@@ -266,7 +313,11 @@ impl Admin {
             }
             _ => {}
         }
-        let Some(caller) = self.caller(&shared, req.headers()) else {
+        let caller = match self.caller(&shared, req.headers()) {
+            Ok(c) => c,
+            Err(wait) => return too_many(wait),
+        };
+        let Some(caller) = caller else {
             return match (req.method(), path.as_str()) {
                 (&Method::GET, "/") => redirect("/login"),
                 _ => {
@@ -389,7 +440,18 @@ impl Admin {
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
+        if let Some(wait) = self.locked_out() {
+            let mut resp = full(
+                StatusCode::TOO_MANY_REQUESTS,
+                "text/html; charset=utf-8",
+                login_page(&format!("Too many wrong tokens: try again in {wait} s.")),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return resp;
+        }
         if !origin_ok || !ct_eq(given.trim().as_bytes(), token.0.as_bytes()) {
+            self.failed();
             // A pause per wrong guess, so a guesser gets few tries a second per connection.
             tokio::time::sleep(Duration::from_millis(300)).await;
             tracing::warn!("admin: a login with a wrong token");

@@ -153,6 +153,7 @@ function renderFigures() {
   $('f-out').textContent = fmt(rate((s) => s.messages_out));
   if (openChanged) findConnections();
   $('f-rooms').textContent = `${fmt(figures.rooms)} · ${fmt(figures.members)}`;
+  $('draining').hidden = !figures.draining;
   const c = figures.cluster;
   $('t-cluster').hidden = !c;
   if (c) {
