@@ -580,10 +580,13 @@ mod tests {
             assert!(seen.insert(r.code()), "duplicate code {}", r.code());
             let (family, name) = r.code().split_once('.').expect("family.name");
             assert!(!family.is_empty() && !name.is_empty());
+            // Lower-case words (a digit may follow a letter, as in `h2`).
             assert!(r
                 .code()
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'));
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_'));
+            assert!(family.starts_with(|c: char| c.is_ascii_lowercase()));
+            assert!(name.starts_with(|c: char| c.is_ascii_lowercase()));
             assert_eq!(Reason::from_code(r.code()), Some(*r));
         }
         assert_eq!(Reason::from_code("no.such"), None);
