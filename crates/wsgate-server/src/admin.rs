@@ -717,7 +717,7 @@ fn close(shared: &Shared, v: &Value) -> Response<Body> {
     };
     match shared.console.close(id) {
         Some(c) => {
-            tracing::warn!(conn = id, request_id = %c.request_id(), peer = %c.peer, route = %c.route, "admin: connection closed by an operator (1008)");
+            tracing::warn!(conn = id, request_id = %c.request_id(), peer = %c.peer, route = %c.route.name, "admin: connection closed by an operator (1008)");
             json_response(StatusCode::OK, &json!({ "closed": id }))
         }
         None => error(

@@ -9,7 +9,7 @@ use crate::out::Stop;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -32,8 +32,9 @@ pub struct ConnInfo {
     pub client: IpAddr,
     /// The number of the request id its 101 carried ([`crate::ids::render_request`]).
     pub request: u64,
-    /// The route pattern it matched (see [`Console::route_name`]).
-    pub route: Arc<str>,
+    /// The route pattern it matched, with its count of open connections (see
+    /// [`Console::route_name`]).
+    pub route: Arc<RouteName>,
     /// Who it authenticated as, if anyone.
     pub identity: Option<Box<str>>,
     /// When it was admitted (Unix milliseconds).
@@ -54,11 +55,21 @@ impl Serialize for ConnInfo {
         st.serialize_field("peer", &self.peer)?;
         st.serialize_field("client", &self.client)?;
         st.serialize_field("request_id", &self.request_id())?;
-        st.serialize_field("route", &*self.route)?;
+        st.serialize_field("route", &*self.route.name)?;
         st.serialize_field("identity", &self.identity)?;
         st.serialize_field("opened_ms", &self.opened_ms)?;
         st.end()
     }
+}
+
+/// A route pattern as connections name it: one allocation per route, holding its count of open
+/// connections (kept as they register and go, so the page's per-route figures cost no walk over
+/// every connection).
+#[derive(Debug)]
+pub struct RouteName {
+    /// The pattern.
+    pub name: Box<str>,
+    open: AtomicUsize,
 }
 
 /// A refusal, as the tail shows it: what the log line carries (never a credential: refusal
@@ -156,7 +167,7 @@ pub struct Console {
     /// Shared with the connection's own task, so listing a connection costs the map slot only.
     conns: [Mutex<HashMap<u64, Arc<ConnInfo>>>; SHARDS],
     /// Route names handed to connections, one allocation per route rather than per connection.
-    routes: Mutex<Vec<Arc<str>>>,
+    routes: Mutex<Vec<Arc<RouteName>>>,
     refusals: Mutex<VecDeque<RefusalEntry>>,
     next_seq: AtomicU64,
     admitted: AtomicU64,
@@ -204,12 +215,15 @@ impl Console {
     }
 
     /// The shared name of a route pattern, for [`ConnInfo::route`].
-    pub fn route_name(&self, path: &str) -> Arc<str> {
+    pub fn route_name(&self, path: &str) -> Arc<RouteName> {
         let mut names = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = names.iter().find(|n| ***n == *path) {
+        if let Some(n) = names.iter().find(|n| *n.name == *path) {
             return n.clone();
         }
-        let n: Arc<str> = Arc::from(path);
+        let n = Arc::new(RouteName {
+            name: path.into(),
+            open: AtomicUsize::new(0),
+        });
         names.push(n.clone());
         n
     }
@@ -227,6 +241,7 @@ impl Console {
     /// Lists an admitted connection until the returned registration is dropped.
     pub fn register(self: &Arc<Self>, id: u64, info: ConnInfo) -> Registration {
         self.admitted.fetch_add(1, Ordering::Relaxed);
+        info.route.open.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(info);
         self.shard(id).insert(id, info.clone());
         Registration {
@@ -251,7 +266,7 @@ impl Console {
                 shard
                     .iter()
                     .filter(|(_, c)| {
-                        filter.matches(None, Some(&c.route), c.client, c.peer, &c.request_id())
+                        filter.matches(None, Some(&c.route.name), c.client, c.peer, &c.request_id())
                     })
                     .map(|(id, c)| (*id, ConnInfo::clone(c))),
             );
@@ -262,16 +277,15 @@ impl Console {
         (found, total)
     }
 
-    /// Open connections per route pattern.
+    /// Open connections per route pattern (routes with none left out).
     pub fn open_by_route(&self) -> BTreeMap<String, usize> {
-        let mut by = BTreeMap::new();
-        for shard in &self.conns {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for c in shard.values() {
-                *by.entry(c.route.to_string()).or_insert(0) += 1;
-            }
-        }
-        by
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| (r.name.to_string(), r.open.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Open connections.
@@ -425,8 +439,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(c) = self.console.shard(self.id).remove(&self.id) {
+            c.route.open.fetch_sub(1, Ordering::Relaxed);
             let secs = (unix_ms(SystemTime::now()).saturating_sub(c.opened_ms)) as f64 / 1000.0;
-            tracing::debug!(request_id = %c.request_id(), peer = %c.peer, route = %c.route, secs, "connection closed");
+            tracing::debug!(request_id = %c.request_id(), peer = %c.peer, route = %c.route.name, secs, "connection closed");
         }
     }
 }
@@ -435,13 +450,13 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
-    fn info(rid: u64, client: &str) -> ConnInfo {
+    fn info(rid: u64, client: &str, route: &Arc<RouteName>) -> ConnInfo {
         let client: IpAddr = client.parse().unwrap();
         ConnInfo {
             peer: SocketAddr::new(client, 40000),
             client,
             request: rid,
-            route: "/ws/echo".into(),
+            route: route.clone(),
             identity: None,
             opened_ms: 0,
         }
@@ -450,8 +465,9 @@ mod tests {
     #[test]
     fn connections_are_listed_while_registered_and_found_by_request_id() {
         let c = Arc::new(Console::new());
-        let a = c.register(1, info(0xaaaa1111, "192.0.2.1"));
-        let _b = c.register(2, info(0xbbbb2222, "192.0.2.2"));
+        let echo = c.route_name("/ws/echo");
+        let a = c.register(1, info(0xaaaa1111, "192.0.2.1", &echo));
+        let _b = c.register(2, info(0xbbbb2222, "192.0.2.2", &echo));
         assert_eq!(c.open(), 2);
         let f = Filter {
             request_id: Some(" 00000000bbbb2222 ".into()),
@@ -466,6 +482,7 @@ mod tests {
         ));
         drop(a);
         assert_eq!(c.open(), 1);
+        assert_eq!(c.open_by_route()["/ws/echo"], 1, "counted down as it goes");
         assert!(c.close(1).is_none(), "gone");
         let rx = c.stop_signal();
         assert!(c.close(2).is_some());
