@@ -363,9 +363,10 @@ def start_nginx(d, conf, **fmt):
         pytest.skip(msg)
     port = free_port()
     (d / "nginx.conf").write_text(conf.format(d=d, port=port, **fmt))
+    # Its own session, so a test can stop the master and its workers together (os.killpg).
     proc = subprocess.Popen(
         [exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", f"daemon off; pid {d}/nginx.pid; error_log stderr;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     for _ in range(200):
         try:

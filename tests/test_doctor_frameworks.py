@@ -3,12 +3,14 @@ way its users misconfigure it: Tornado's same-host origin check (alone and behin
 its Server header), python-socketio's cors_allowed_origins on uvicorn, Starlette on uvicorn reading the
 token from ?token=, Django Channels' AllowedHostsOriginValidator on daphne, Python websockets with a
 subprotocol list, Node ws with a verifyClient origin allowlist, Node Socket.IO with an allowRequest
-origin check, HAProxy's deny rule (with Tornado behind it), and wss:// pointed at plain ports.
+origin check, HAProxy's deny rule and Apache's Require rule and ProxyPass (with Tornado behind them),
+and wss:// pointed at plain ports.
 Each asserts the cause, the recognised server and the named setting; recorded answers of servers that
 cannot run here are unit tests in crates/wsgate-doctor/src/servers.rs."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -63,6 +65,37 @@ def frameworks():
         for p, _, _ in procs:
             p.kill()
             p.wait()
+
+
+def start_proxy(tool, package, conf, text, args):
+    """Starts Debian's `tool` in the foreground with `conf` (written from `text`, whose {port} is a
+    free loopback port), in a session of its own; returns (process, port)."""
+    exe = require_tool(shutil.which(tool) or f"/usr/sbin/{tool}", f"Debian package {package}")
+    port = free_port()
+    conf.write_text(text.format(port=port))
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port(port, proc, tool)
+    return proc, port
+
+
+def rule_then_tornado(port, proxy, setting):
+    """The proxy's own refusal at /blocked names the proxy and its setting; an Origin refusal from
+    Tornado behind it at /ws names Tornado."""
+    d = doctor(f"ws://127.0.0.1:{port}/blocked")
+    assert d["cause"] == "forbidden.unconditional", d["evidence"]
+    assert d["server"]["software"] == proxy and d["server"]["confidence"] == "high", d["server"]
+    assert setting in server_fixes(d, proxy)
+    d = doctor(f"ws://127.0.0.1:{port}/ws", "--origin", "https://app.example")
+    assert d["cause"] == "origin.not_allowed" and d["server"]["software"] == "Tornado", d["server"]
+
+
+def stop_group(proc):
+    """Stops a server and the workers it forked (started in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def server_fixes(d, software):
@@ -196,8 +229,7 @@ def test_tornado_behind_nginx_is_named_with_nginx_in_front(frameworks, tmp_path)
         assert d["server"]["header"].startswith("nginx")
         assert "check_origin" in server_fixes(d, "Tornado")
     finally:
-        proc.kill()
-        proc.wait()
+        stop_group(proc)
 
 
 HAPROXY_CONF = """
@@ -219,18 +251,47 @@ backend be
 
 
 def test_haproxy_deny_rule_and_tornado_behind_it(frameworks, tmp_path):
-    exe = require_tool(shutil.which("haproxy") or "/usr/sbin/haproxy", "Debian package haproxy")
-    port = free_port()
-    (tmp_path / "haproxy.cfg").write_text(HAPROXY_CONF.format(port=port, tornado=frameworks["tornado"]))
-    proc = subprocess.Popen([exe, "-f", str(tmp_path / "haproxy.cfg"), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    conf = tmp_path / "haproxy.cfg"
+    text = HAPROXY_CONF.replace("{tornado}", str(frameworks["tornado"]))
+    proc, port = start_proxy("haproxy", "haproxy", conf, text, ["-f", str(conf), "-db"])
     try:
-        wait_port(port, proc, "haproxy")
-        d = doctor(f"ws://127.0.0.1:{port}/blocked")
-        assert d["cause"] == "forbidden.unconditional", d["evidence"]
-        assert d["server"]["software"] == "HAProxy" and d["server"]["confidence"] == "high", d["server"]
-        assert "http-request deny" in server_fixes(d, "HAProxy")
-        d = doctor(f"ws://127.0.0.1:{port}/ws", "--origin", "https://app.example")
-        assert d["cause"] == "origin.not_allowed" and d["server"]["software"] == "Tornado", d["server"]
+        rule_then_tornado(port, "HAProxy", "http-request deny")
     finally:
-        proc.kill()
-        proc.wait()
+        stop_group(proc)
+
+
+APACHE_CONF = """
+ServerRoot /usr/lib/apache2
+PidFile {d}/httpd.pid
+ErrorLog {d}/error.log
+LoadModule mpm_event_module modules/mod_mpm_event.so
+LoadModule authz_core_module modules/mod_authz_core.so
+LoadModule authz_host_module modules/mod_authz_host.so
+LoadModule proxy_module modules/mod_proxy.so
+LoadModule proxy_http_module modules/mod_proxy_http.so
+LoadModule proxy_wstunnel_module modules/mod_proxy_wstunnel.so
+User nobody
+Group nogroup
+Listen 127.0.0.1:{port}
+ServerName localhost
+<Location /blocked>
+    Require all denied
+</Location>
+ProxyPass /no-upgrade http://127.0.0.1:{tornado}/ws
+ProxyPass /ws ws://127.0.0.1:{tornado}/ws
+"""
+
+
+def test_apache_require_rule_and_a_proxy_pass_without_upgrade(frameworks, tmp_path):
+    conf = tmp_path / "httpd.conf"
+    text = APACHE_CONF.replace("{d}", str(tmp_path)).replace("{tornado}", str(frameworks["tornado"]))
+    # apache2 forks workers: stop_group stops them with it.
+    proc, port = start_proxy("apache2", "apache2", conf, text, ["-f", str(conf), "-DFOREGROUND"])
+    try:
+        rule_then_tornado(port, "Apache", "Require")
+        # ProxyPass to http:// without upgrade=websocket: Tornado sees a plain request.
+        d = doctor(f"ws://127.0.0.1:{port}/no-upgrade")
+        assert d["cause"] == "http.upgrade_required", d["evidence"]
+        assert server_fixes(d, "the proxy in front"), d["fixes"]
+    finally:
+        stop_group(proc)

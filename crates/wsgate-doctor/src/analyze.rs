@@ -757,10 +757,26 @@ fn conclude(d: &mut Diagnosis, reason: Reason, _resp: Option<&Response>, first: 
         }
     }
     if is_wsgate || !reason.is_refusal() {
-        // wsgate's own texts, or a cause whose catalog text fits any server.
+        // wsgate's own texts, or a cause whose catalog text fits any server; a proxy's fault is
+        // the proxy's to fix, seen or not.
+        let proxy_fault = matches!(
+            reason,
+            Reason::HttpUpgradeRequired
+                | Reason::HttpUpstream
+                | Reason::IdleTimeout
+                | Reason::WsUpgradeHeaderMissing
+        );
+        let who = if proxy_fault && !is_wsgate {
+            d.server
+                .via
+                .clone()
+                .unwrap_or_else(|| "the proxy in front".into())
+        } else {
+            software.clone().unwrap_or_else(|| "any server".into())
+        };
         d.fixes.push(Fix {
             side: Side::Server,
-            software: software.clone().unwrap_or_else(|| "any server".into()),
+            software: who,
             text: reason.operator_fix().to_owned(),
         });
     } else if let Some(text) = servers::generic(reason, &ctx).filter(|_| !specific) {

@@ -6,10 +6,11 @@
 //!
 //! The answers these rules read were taken from the servers themselves where they run here
 //! (Python `websockets`, Node `ws` and Socket.IO, Tornado, python-socketio and Starlette on
-//! uvicorn, Django Channels on daphne, nginx, HAProxy: see `tests/test_doctor_frameworks.py`);
-//! for the others (cloud gateways and CDNs, which tests may not reach, and the JVM/.NET/Go/Elixir/
-//! Ruby stacks, Apache, Envoy, Traefik and Caddy, not installed here) they follow those products'
-//! documented answers, and the unit tests below keep one example answer of each.
+//! uvicorn, Django Channels on daphne, nginx, HAProxy, Apache: see
+//! `tests/test_doctor_frameworks.py`); for the others (cloud gateways and CDNs, which tests may not
+//! reach, and the JVM/.NET/Go/Elixir/Ruby stacks, Envoy, Traefik and Caddy, not installable here)
+//! they follow those products' documented answers, and the unit tests below keep one example
+//! answer of each.
 
 use crate::probe::Response;
 use crate::Reason;
