@@ -438,8 +438,9 @@ pub fn strip_prefixed<'a>(
         .collect()
 }
 
-/// Constant-time equality of two digests.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+/// Constant-time equality of two digests: the time does not tell where they differ (compare
+/// digests of secrets, so that their lengths do not show either).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
